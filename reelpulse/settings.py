@@ -1,0 +1,126 @@
+"""One typed settings object for every reelpulse component.
+
+Every value can come from an environment variable named ``REELPULSE_<FIELD>`` (or a
+``.env`` file); an argument given in code beats the environment. The local stack, the
+docker-compose stack and a remote cluster differ only in these values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "REELPULSE_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class Settings(BaseSettings):
+    """Where the platform's services are and how the local stack runs them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Kafka
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+
+    # Schema registry (Confluent-compatible API)
+    schema_registry_url: str = Field(
+        "http://127.0.0.1:8081/apis/ccompat/v7",
+        description="Base URL of the Confluent-compatible schema registry API.",
+    )
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+
+    # Event contract
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+    topic_partitions: int = Field(3, ge=1, description="Partitions of each event topic.")
+    topic_replication_factor: int = Field(1, ge=1)
+
+    # Local stack (plain processes on this machine)
+    state_dir: Path = Field(
+        PROJECT_ROOT / ".reelpulse",
+        description="Jar cache, broker data, registry data, logs and pid files.",
+    )
+    kafka_controller_port: int = 9093
+    kafka_heap: str = "512m"
+    registry_heap: str = "384m"
+    registry_management_port: int = 9001
+    java_home: Path | None = Field(
+        None, description="JDK used for Kafka and the registry; default: java on PATH."
+    )
+    startup_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"{ENV_PREFIX}KAFKA_BOOTSTRAP_SERVERS must name at least one broker")
+        return value.strip()
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_is_http(cls, value: str) -> str:
+        if urlparse(value).scheme not in {"http", "https"}:
+            raise ValueError(f"{ENV_PREFIX}SCHEMA_REGISTRY_URL must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by producers, consumers and the admin client."""
+        config = {
+            "bootstrap.servers": self.kafka_bootstrap_servers,
+            "security.protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = _secret(self.kafka_sasl_password)
+        if self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        return config
+
+    def schema_registry_config(self) -> dict[str, str]:
+        """Settings for confluent-kafka's ``SchemaRegistryClient``."""
+        config = {"url": self.schema_registry_url}
+        if self.schema_registry_username:
+            config["basic.auth.user.info"] = (
+                f"{self.schema_registry_username}:{_secret(self.schema_registry_password)}"
+            )
+        return config
+
+    def local_kafka_port(self) -> int:
+        """Port of the local broker, taken from the bootstrap servers."""
+        return _loopback_port(self.kafka_bootstrap_servers, "KAFKA_BOOTSTRAP_SERVERS")
+
+    def local_registry_port(self) -> int:
+        """Port of the local registry, taken from the registry URL."""
+        return _loopback_port(urlparse(self.schema_registry_url).netloc, "SCHEMA_REGISTRY_URL")
+
+
+def _secret(value: SecretStr | None) -> str:
+    return value.get_secret_value() if value else ""
+
+
+def _loopback_port(host_port: str, variable: str) -> int:
+    first = host_port.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    if host.strip("[]") not in LOOPBACK_HOSTS or not port.isdigit():
+        raise ValueError(
+            f"{ENV_PREFIX}{variable}={host_port!r} is not a loopback host:port; "
+            "the local stack only runs on this machine (point it at 127.0.0.1:<port>)"
+        )
+    return int(port)
