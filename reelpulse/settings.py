@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     # Local stack (plain processes on this machine)
     state_dir: Path = Field(
         PROJECT_ROOT / ".reelpulse",
-        description="Jar cache, broker data, registry data, logs and pid files.",
+        description="Broker data, logs and pid files of the local stack.",
+    )
+    jar_cache: Path = Field(
+        PROJECT_ROOT / ".reelpulse" / "jvm",
+        description="Jars fetched from Maven Central, one folder per component.",
     )
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"

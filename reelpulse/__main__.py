@@ -1,0 +1,3 @@
+from reelpulse.cli import app
+
+app(prog_name="reelpulse")

@@ -1,0 +1,222 @@
+"""The ``reelpulse`` command line: local stack, contract, traffic and backfill."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from reelpulse import registry, stack, topics
+from reelpulse.contract import Contract
+from reelpulse.errors import ReelpulseError
+from reelpulse.settings import Settings
+
+app = typer.Typer(help="reelpulse: the event platform of a streaming-video service.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The event contract in schemas/: register, check, release, document.", no_args_is_help=True)
+import_app = typer.Typer(help="Backfill events from files.", no_args_is_help=True)
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(import_app, name="import")
+console = Console()
+QUIET_LOGGERS = ("httpx", "httpx2")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Configure logging once, at the entry point."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _contract(settings: Settings) -> Contract:
+    return Contract(settings.schemas_dir)
+
+
+def run(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn reelpulse errors into one red line and exit code 1, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except ReelpulseError as error:
+            console.print(f"[red]error:[/red] {error}")
+            raise typer.Exit(1) from error
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- local stack
+
+
+@app.command()
+@run
+def setup() -> None:
+    """Fetch Kafka and the schema registry from Maven Central (once; cached in the state dir)."""
+    for name, path in stack.setup(_settings()).items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+@run
+def up() -> None:
+    """Start the local stack (Kafka + schema registry), create topics, register schemas."""
+    settings = _settings()
+    started = time.monotonic()
+    pids = stack.up(settings)
+    provision(settings)
+    console.print(f"[green]stack up[/green] in {time.monotonic() - started:.1f}s: "
+                  f"kafka {settings.kafka_bootstrap_servers} (pid {pids['kafka']}), "
+                  f"registry {settings.schema_registry_url} (pid {pids['registry']})")
+
+
+def provision(settings: Settings) -> None:
+    """Create the contract's topics and register every schema (both idempotent)."""
+    contract = _contract(settings)
+    created = topics.ensure_topics(settings, contract.topics())
+    ids = registry.register_all(settings, contract)
+    console.print(f"topics: {len(contract.topics())} ({len(created)} created); "
+                  f"schemas: {len(ids)} registered ({registry.COMPATIBILITY})")
+
+
+@app.command()
+@run
+def down() -> None:
+    """Stop the local stack; data stays in the state dir for the next `up`."""
+    stopped = stack.down(_settings())
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@app.command()
+@run
+def status() -> None:
+    """Show services, topics with their message counts, and consumer-group lag."""
+    settings = _settings()
+    console.print(_services_table(settings))
+    if not stack.KAFKA.ready(settings):
+        console.print(f"[yellow]Kafka at {settings.kafka_bootstrap_servers} is not reachable[/yellow]")
+        raise typer.Exit(1)
+    names = [spec.name for spec in _contract(settings).topics()]
+    console.print(_topics_table(topics.topic_states(settings, names)))
+    console.print(_lag_table(topics.group_lags(settings)))
+
+
+def _services_table(settings: Settings) -> Table:
+    table = Table("service", "endpoint", "pid", "state", title="services")
+    endpoints = {"kafka": settings.kafka_bootstrap_servers, "registry": settings.schema_registry_url}
+    for service in stack.SERVICES:
+        pid = stack.running_pid(service, settings)
+        state = "[green]ready[/green]" if service.ready(settings) else "[red]down[/red]"
+        table.add_row(service.name, endpoints[service.name], str(pid or "-"), state)
+    return table
+
+
+def _topics_table(states: list[topics.TopicState]) -> Table:
+    table = Table("topic", "partitions", "messages", title="topics")
+    for state in states:
+        table.add_row(state.name, str(state.partitions), f"{state.messages:,}")
+    return table
+
+
+def _lag_table(lags: list[topics.GroupLag]) -> Table:
+    table = Table("consumer group", "topic", "lag", title="consumer groups")
+    for lag in lags:
+        table.add_row(lag.group, lag.topic, f"{lag.lag:,}")
+    return table
+
+
+@app.command()
+@run
+def logs(
+    service: Annotated[str, typer.Argument(help="kafka or registry")] = "kafka",
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+) -> None:
+    """Print the last lines of a service's log."""
+    by_name = {s.name: s for s in stack.SERVICES}
+    if service not in by_name:
+        raise typer.BadParameter(f"choose one of {', '.join(by_name)}")
+    settings = _settings()
+    console.print(f"[dim]{by_name[service].log_file(settings)}[/dim]")
+    print(stack.tail(by_name[service], settings, lines))
+
+
+# --------------------------------------------------------------------------- contract
+
+
+@schemas_app.command("register")
+@run
+def schemas_register() -> None:
+    """Register every schema under its subject (BACKWARD_TRANSITIVE)."""
+    settings = _settings()
+    for name, schema_id in registry.register_all(settings, _contract(settings)).items():
+        console.print(f"{name}: id {schema_id}")
+
+
+@schemas_app.command("check")
+@run
+def schemas_check() -> None:
+    """Check every local schema against the versions registered under its subject."""
+    settings = _settings()
+    results = registry.check_compatibility(settings, _contract(settings))
+    table = Table("subject", "result", title=f"compatibility ({registry.COMPATIBILITY})")
+    for result in results:
+        colour = "green" if result.compatible else "red"
+        table.add_row(result.subject, f"[{colour}]{result.detail}[/{colour}]")
+    console.print(table)
+    if not all(result.compatible for result in results):
+        raise typer.Exit(1)
+
+
+@schemas_app.command("release")
+@run
+def schemas_release() -> None:
+    """Snapshot the current schemas as released (what later changes must stay compatible with)."""
+    written = registry.release(_contract(_settings()))
+    console.print(f"released {len(written)} schemas to {written[0].parent}")
+
+
+@schemas_app.command("docs")
+@run
+def schemas_docs() -> None:
+    """Regenerate schemas/README.md from the .avsc files."""
+    from reelpulse.docs import render_schemas_readme
+
+    contract = _contract(_settings())
+    target = contract.schemas_dir / "README.md"
+    target.write_text(render_schemas_readme(contract))
+    console.print(f"wrote {target}")
+
+
+# --------------------------------------------------------------------------- traffic
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]:>9,.0f} ev/s"), TimeElapsedColumn(), console=console)
+
+
+def print_summary(title: str, counts: Counter[str], seconds: float) -> None:
+    table = Table("event type", "events", title=title)
+    for name, count in sorted(counts.items()):
+        table.add_row(name, f"{count:,}")
+    total = sum(counts.values())
+    table.add_row("[bold]total[/bold]", f"[bold]{total:,}[/bold]")
+    console.print(table)
+    console.print(f"{total:,} events in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} events/s)")

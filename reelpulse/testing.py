@@ -1,0 +1,29 @@
+"""Helpers for tests of reelpulse and of code built on it: settings for a throwaway
+local stack on free ports."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from reelpulse.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stack_settings(state_dir: Path, **overrides: object) -> Settings:
+    """Settings for a local stack on free ports with its own state dir (shared jar cache)."""
+    values: dict[str, object] = {
+        "state_dir": state_dir,
+        "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+        "kafka_controller_port": free_port(),
+        "schema_registry_url": f"http://127.0.0.1:{free_port()}/apis/ccompat/v7",
+        "registry_management_port": free_port(),
+        "kafka_heap": "384m",
+        "registry_heap": "256m",
+    }
+    return Settings(**{**values, **overrides})  # type: ignore[arg-type]

@@ -1,0 +1,85 @@
+"""The local stack's lifecycle from an operator's side: up twice is harmless, down
+leaves no process, a restart keeps topics, and conflicts produce actionable errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from reelpulse import stack, topics
+from reelpulse.contract import TopicSpec
+from reelpulse.errors import StackError
+from reelpulse.settings import Settings
+from reelpulse.testing import stack_settings
+
+
+def processes_of(state_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if str(state_dir) in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+@pytest.fixture
+def lone_kafka(tmp_path: Path) -> Iterator[Settings]:
+    """A second broker of its own (no registry), for lifecycle tests."""
+    settings = stack_settings(tmp_path / "state")
+    stack.setup(settings)
+    try:
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+def test_start_twice_restart_keeps_topics_and_down_leaves_nothing(lone_kafka: Settings) -> None:
+    pid = stack.start(stack.KAFKA, lone_kafka)
+    assert stack.start(stack.KAFKA, lone_kafka) == pid
+    topics.ensure_topics(lone_kafka, [TopicSpec("lifecycle.check", 3_600_000)])
+    assert stack.down(lone_kafka) == ["kafka"]
+    assert processes_of(lone_kafka.state_dir) == []
+    assert not stack.KAFKA.pid_file(lone_kafka).exists()
+
+    stack.start(stack.KAFKA, lone_kafka)
+    names = [state.name for state in topics.topic_states(lone_kafka, ["lifecycle.check"])]
+    assert names == ["lifecycle.check"]
+
+
+def test_a_taken_port_is_named_with_its_owner(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "state")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", settings.local_kafka_port()))
+        squatter.listen()
+        with pytest.raises(StackError, match=rf"port {settings.local_kafka_port()} for kafka is taken by pid {os.getpid()}"):
+            stack.start(stack.KAFKA, settings)
+    assert processes_of(settings.state_dir) == []
+
+
+def test_a_stale_pid_file_is_cleaned_up(tmp_path: Path) -> None:
+    settings = stack_settings(tmp_path / "state")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    pid_file = stack.KAFKA.pid_file(settings)
+    pid_file.parent.mkdir(parents=True)
+    pid_file.write_text(str(dead.pid))
+    assert stack.running_pid(stack.KAFKA, settings) is None
+    assert not pid_file.exists()
+
+
+def test_status_shows_services_and_topics(settings: Settings, schema_ids: dict) -> None:
+    env = {**os.environ, "REELPULSE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "REELPULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+           "REELPULSE_STATE_DIR": str(settings.state_dir), "COLUMNS": "200"}
+    result = subprocess.run([sys.executable, "-m", "reelpulse", "status"], env=env,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("ready") == 2
+    for topic in ("reelpulse.playback", "reelpulse.auth", "reelpulse.deadletter"):
+        assert topic in result.stdout
