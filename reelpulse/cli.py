@@ -19,10 +19,13 @@ from rich.table import Table
 from reelpulse import registry, stack, topics
 from reelpulse.contract import Contract
 from reelpulse.errors import ReelpulseError
+from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
 
 app = typer.Typer(help="reelpulse: the event platform of a streaming-video service.", no_args_is_help=True)
-schemas_app = typer.Typer(help="The event contract in schemas/: register, check, release, document.", no_args_is_help=True)
+schemas_app = typer.Typer(
+    help="The event contract in schemas/: register, check, release, document.", no_args_is_help=True
+)
 import_app = typer.Typer(help="Backfill events from files.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
@@ -35,8 +38,11 @@ R = TypeVar("R")
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
     """Configure logging once, at the entry point."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=Console(stderr=True), show_path=False)])
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -82,9 +88,11 @@ def up() -> None:
     started = time.monotonic()
     pids = stack.up(settings)
     provision(settings)
-    console.print(f"[green]stack up[/green] in {time.monotonic() - started:.1f}s: "
-                  f"kafka {settings.kafka_bootstrap_servers} (pid {pids['kafka']}), "
-                  f"registry {settings.schema_registry_url} (pid {pids['registry']})")
+    console.print(
+        f"[green]stack up[/green] in {time.monotonic() - started:.1f}s: "
+        f"kafka {settings.kafka_bootstrap_servers} (pid {pids['kafka']}), "
+        f"registry {settings.schema_registry_url} (pid {pids['registry']})"
+    )
 
 
 def provision(settings: Settings) -> None:
@@ -92,8 +100,10 @@ def provision(settings: Settings) -> None:
     contract = _contract(settings)
     created = topics.ensure_topics(settings, contract.topics())
     ids = registry.register_all(settings, contract)
-    console.print(f"topics: {len(contract.topics())} ({len(created)} created); "
-                  f"schemas: {len(ids)} registered ({registry.COMPATIBILITY})")
+    console.print(
+        f"topics: {len(contract.topics())} ({len(created)} created); "
+        f"schemas: {len(ids)} registered ({registry.COMPATIBILITY})"
+    )
 
 
 @app.command()
@@ -171,10 +181,17 @@ def schemas_register() -> None:
 
 @schemas_app.command("check")
 @run
-def schemas_check() -> None:
-    """Check every local schema against the versions registered under its subject."""
+def schemas_check(
+    against: Annotated[
+        str, typer.Option(help="'registry': the versions registered; 'released': schemas/released/")
+    ] = "registry",
+) -> None:
+    """Check every local schema for BACKWARD_TRANSITIVE compatibility; exit 1 if one breaks it."""
+    checks = {"registry": registry.check_compatibility, "released": registry.check_against_released}
+    if against not in checks:
+        raise typer.BadParameter(f"choose one of {', '.join(checks)}", param_hint="--against")
     settings = _settings()
-    results = registry.check_compatibility(settings, _contract(settings))
+    results = checks[against](settings, _contract(settings))
     table = Table("subject", "result", title=f"compatibility ({registry.COMPATIBILITY})")
     for result in results:
         colour = "green" if result.compatible else "red"
@@ -196,20 +213,23 @@ def schemas_release() -> None:
 @run
 def schemas_docs() -> None:
     """Regenerate schemas/README.md from the .avsc files."""
-    from reelpulse.docs import render_schemas_readme
+    from reelpulse.docs import write_schemas_readme
 
-    contract = _contract(_settings())
-    target = contract.schemas_dir / "README.md"
-    target.write_text(render_schemas_readme(contract))
-    console.print(f"wrote {target}")
+    console.print(f"wrote {write_schemas_readme(_contract(_settings()))}")
 
 
 # --------------------------------------------------------------------------- traffic
 
 
 def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]:>9,.0f} ev/s"), TimeElapsedColumn(), console=console)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>9,.0f} ev/s"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def print_summary(title: str, counts: Counter[str], seconds: float) -> None:
@@ -220,3 +240,45 @@ def print_summary(title: str, counts: Counter[str], seconds: float) -> None:
     table.add_row("[bold]total[/bold]", f"[bold]{total:,}[/bold]")
     console.print(table)
     console.print(f"{total:,} events in {seconds:.1f}s ({total / max(seconds, 1e-9):,.0f} events/s)")
+
+
+@import_app.command("ratings")
+@run
+def import_ratings(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV, TSV or '::' ratings file")],
+    rejects: Annotated[Path | None, typer.Option(help="Rejects file (default: FILE.rejects.csv)")] = None,
+    title_prefix: Annotated[str, typer.Option(help="Prefix for title ids, e.g. 'ml-'")] = "",
+    user_prefix: Annotated[str, typer.Option(help="Prefix for user ids")] = "",
+    source_id: Annotated[
+        str | None, typer.Option(help="Stable id of a growing file (keeps event ids)")
+    ] = None,
+) -> None:
+    """Backfill ratings (user, item, rating, timestamp) as rating events; unknown items
+    become catalog titles; malformed lines go to the rejects file with their reason."""
+    from reelpulse import importer
+
+    settings = _settings()
+    contract = _contract(settings)
+    known = topics.read_keys(settings, contract["title"].topic)
+    summary, events = importer.import_ratings(
+        file,
+        contract,
+        known_titles=known,
+        rejects_path=rejects,
+        title_prefix=title_prefix,
+        user_prefix=user_prefix,
+        source_id=source_id,
+    )
+    started, counts = time.monotonic(), Counter[str]()
+    size = file.stat().st_size
+    with _progress() as progress, EventProducer(settings, contract, validate=False) as producer:
+        task = progress.add_task(f"importing {file.name}", total=size, rate=0.0)
+        for event_type, record in events:
+            producer.produce(event_type, record)
+            counts[event_type] += 1
+            if counts.total() % 5000 == 0:
+                rate = counts.total() / (time.monotonic() - started)
+                progress.update(task, completed=summary.bytes_read, rate=rate)
+        progress.update(task, completed=size)
+    print_summary("imported", counts, time.monotonic() - started)
+    console.print(summary.line())

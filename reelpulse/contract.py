@@ -53,14 +53,34 @@ TOPICS: dict[str, TopicSpec] = {
     spec.name: spec
     for spec in (
         TopicSpec("reelpulse.auth", 7 * DAY_MS, description="Sign-ins and sign-outs, keyed by account."),
-        TopicSpec("reelpulse.playback", 7 * DAY_MS, description="Every playback event, keyed by playback session so a session stays in order."),
+        TopicSpec(
+            "reelpulse.playback",
+            7 * DAY_MS,
+            description="Every playback event, keyed by playback session so a session stays in order.",
+        ),
         TopicSpec("reelpulse.ratings", 30 * DAY_MS, description="Explicit ratings, keyed by account."),
         TopicSpec("reelpulse.searches", 7 * DAY_MS, description="Catalog searches, keyed by account."),
-        TopicSpec("reelpulse.experiments", 30 * DAY_MS, description="A/B experiment exposures, keyed by account."),
+        TopicSpec(
+            "reelpulse.experiments", 30 * DAY_MS, description="A/B experiment exposures, keyed by account."
+        ),
         TopicSpec("reelpulse.cdn", 3 * DAY_MS, description="Sampled CDN edge access logs, keyed by edge."),
-        TopicSpec("reelpulse.catalog", -1, "compact", "Catalog titles, compacted: the latest record per title is the catalog."),
-        TopicSpec("reelpulse.alerts", 30 * DAY_MS, description="Monitoring alerts (firing and resolved), keyed by alert id."),
-        TopicSpec("reelpulse.deadletter", 30 * DAY_MS, description="Records a stage could not process, with reason and original bytes, for inspection and replay."),
+        TopicSpec(
+            "reelpulse.catalog",
+            -1,
+            "compact",
+            "Catalog titles, compacted: the latest record per title is the catalog.",
+        ),
+        TopicSpec(
+            "reelpulse.alerts",
+            30 * DAY_MS,
+            description="Monitoring alerts (firing and resolved), keyed by alert id.",
+        ),
+        TopicSpec(
+            "reelpulse.deadletter",
+            30 * DAY_MS,
+            description="Records a stage could not process, with reason and original bytes, "
+            "for inspection and replay.",
+        ),
     )
 }
 
@@ -105,7 +125,12 @@ class EventType:
     @cached_property
     def pii_fields(self) -> tuple[str, ...]:
         """Dotted paths of every field marked ``"pii": true``."""
-        return tuple(path for path, f in walk_fields(self.schema) if f.get(PII_PROPERTY))
+        return tuple(path for path, f in walk_fields(self.resolved) if f.get(PII_PROPERTY))
+
+    @cached_property
+    def resolved(self) -> Any:
+        """The schema with every named-type reference replaced by its definition."""
+        return resolved(dict(self.schema))
 
     def key_of(self, record: Mapping[str, Any]) -> str:
         value: Any = record
@@ -113,9 +138,17 @@ class EventType:
             value = value[part]
         return str(value)
 
+    @cached_property
+    def record_shapes(self) -> tuple[tuple[tuple[str, ...], frozenset[str]], ...]:
+        """Path and field names of the top-level record and each record nested in it
+        directly (not through a union or array): where unknown keys are looked for."""
+        return tuple(_record_shapes(self.schema, ()))
+
     def check(self, record: Mapping[str, Any]) -> None:
-        """Raise :class:`SchemaViolation` naming the event type and field if ``record`` is invalid."""
-        problems = _problems(self.parsed, record)
+        """Raise :class:`SchemaViolation` naming the event type and field if ``record`` is
+        invalid: a wrong type, a missing field or a key the schema does not have (Avro
+        writers silently drop unknown keys, which would lose data)."""
+        problems = _problems(self.parsed, record) or _unknown_keys(self.record_shapes, record)
         if problems:
             raise SchemaViolation(self.name, problems[0][0], problems[0][1])
 
@@ -148,13 +181,109 @@ class Contract:
 
 
 def walk_fields(schema: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Yield ``(dotted path, field)`` for every field, descending into records and unions."""
+    """Yield ``(dotted path, field)`` for every field of a resolved schema, nested ones
+    included: ``a.b`` inside records and unions, ``a[].b`` inside array items, ``a{}.b``
+    inside map values."""
     for f in schema.get("fields", []):
         path = f"{prefix}{f['name']}"
         yield path, f
-        for branch in _branches(f["type"]):
-            if isinstance(branch, dict) and branch.get("type") == "record":
-                yield from walk_fields(branch, f"{path}.")
+        for nested, suffix in _nested_records(f["type"]):
+            yield from walk_fields(nested, f"{path}{suffix}.")
+
+
+def _nested_records(t: Any, suffix: str = "") -> Iterator[tuple[Mapping[str, Any], str]]:
+    if isinstance(t, list):
+        for branch in t:
+            yield from _nested_records(branch, suffix)
+    elif isinstance(t, dict) and t["type"] in ("record", "error"):
+        yield t, suffix
+    elif isinstance(t, dict) and t["type"] == "array":
+        yield from _nested_records(t["items"], f"{suffix}[]")
+    elif isinstance(t, dict) and t["type"] == "map":
+        yield from _nested_records(t["values"], f"{suffix}{{}}")
+
+
+PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+NAMED = frozenset({"record", "error", "enum", "fixed"})
+
+
+def resolved(avro_type: Any) -> Any:
+    """``avro_type`` with every named-type reference replaced by its definition.
+
+    Named types get their full name in ``"name"`` (no ``"namespace"``). A reference to a
+    type that is not defined earlier in ``avro_type`` raises :class:`ValueError`.
+    """
+    return _resolve(avro_type, {}, set(), "")
+
+
+def _resolve(t: Any, named: dict[str, Any], open_: set[str], namespace: str) -> Any:
+    if isinstance(t, str):
+        return t if t in PRIMITIVES else _reference(t, named, open_, namespace)
+    if isinstance(t, list):
+        return [_resolve(branch, named, open_, namespace) for branch in t]
+    kind = t["type"]
+    if not isinstance(kind, str):
+        return _resolve(kind, named, open_, namespace)
+    if kind in NAMED:
+        return _define(t, named, open_, namespace)
+    if kind == "array":
+        return {**t, "items": _resolve(t["items"], named, open_, namespace)}
+    if kind == "map":
+        return {**t, "values": _resolve(t["values"], named, open_, namespace)}
+    if kind in PRIMITIVES:
+        return dict(t)
+    return _resolve(kind, named, open_, namespace)
+
+
+def _reference(name: str, named: dict[str, Any], open_: set[str], namespace: str) -> Any:
+    full = name if "." in name or not namespace else f"{namespace}.{name}"
+    if full in open_:
+        raise ValueError(f"recursive type {full!r} cannot be mapped to a table type")
+    if full not in named:
+        raise ValueError(f"type {name!r} is referenced before it is defined")
+    return named[full]
+
+
+def _define(t: Mapping[str, Any], named: dict[str, Any], open_: set[str], namespace: str) -> Any:
+    full = _full_name(t, namespace)
+    out = {k: v for k, v in t.items() if k != "namespace"} | {"name": full}
+    named[full] = out
+    if t["type"] in ("record", "error"):
+        open_.add(full)
+        inner = full.rpartition(".")[0]
+        out["fields"] = [
+            {**f, "type": _resolve(f["type"], named, open_, inner)} for f in t["fields"]
+        ]
+        open_.discard(full)
+    return out
+
+
+def _full_name(t: Mapping[str, Any], namespace: str) -> str:
+    name = str(t["name"])
+    if "." in name:
+        return name
+    space = t.get("namespace", namespace)
+    return f"{space}.{name}" if space else name
+
+
+def _record_shapes(
+    schema: Mapping[str, Any], path: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], frozenset[str]]]:
+    yield path, frozenset(f["name"] for f in schema["fields"])
+    for f in schema["fields"]:
+        if isinstance(f["type"], dict) and f["type"].get("type") == "record":
+            yield from _record_shapes(f["type"], (*path, f["name"]))
+
+
+def _unknown_keys(shapes: Any, record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    for path, allowed in shapes:
+        value: Any = record
+        for part in path:
+            value = value[part]
+        extra = value.keys() - allowed
+        if extra:
+            return [(".".join((*path, min(extra))), "is not a field of the schema")]
+    return []
 
 
 def _branches(avro_type: Any) -> list[Any]:

@@ -8,7 +8,9 @@ compatibility: a new version must read data written with every earlier version.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def register(registry: SchemaRegistryClient, event: EventType) -> int:
     """Register one event type under its subject with the contract's compatibility rule."""
     try:
         registry.set_compatibility(event.subject, COMPATIBILITY)
-        return int(registry.register_schema(event.subject, avro(event)))
+        return registry.register_schema(event.subject, avro(event))
     except SchemaRegistryError as error:
         raise RegistryError(event.subject, _reason(error)) from error
 
@@ -56,13 +58,20 @@ def lookup_ids(settings: Settings, contract: Contract) -> dict[str, int]:
 
 def _lookup(registry: SchemaRegistryClient, event: EventType) -> int:
     try:
-        return int(registry.lookup_schema(event.subject, avro(event)).schema_id)
+        schema_id = registry.lookup_schema(event.subject, avro(event)).schema_id
     except SchemaRegistryError as error:
-        if error.error_code in NOT_FOUND_CODES:
-            raise RegistryError(
-                event.subject, "this version of the schema is not registered; run `reelpulse schemas register`"
-            ) from error
-        raise RegistryError(event.subject, _reason(error)) from error
+        raise _lookup_error(event, error) from error
+    if schema_id is None:
+        raise RegistryError(event.subject, "the registry returned no schema id")
+    return schema_id
+
+
+def _lookup_error(event: EventType, error: SchemaRegistryError) -> RegistryError:
+    if error.error_code in NOT_FOUND_CODES:
+        return RegistryError(
+            event.subject, "this version of the schema is not registered; run `reelpulse schemas register`"
+        )
+    return RegistryError(event.subject, _reason(error))
 
 
 def _reason(error: SchemaRegistryError) -> str:
@@ -82,9 +91,11 @@ def check_compatibility(settings: Settings, contract: Contract) -> list[Compatib
     return [_check(registry, event) for event in contract]
 
 
-def _check(registry: SchemaRegistryClient, event: EventType) -> CompatibilityResult:
+def _check(
+    registry: SchemaRegistryClient, event: EventType, subject: str | None = None
+) -> CompatibilityResult:
     try:
-        ok = registry.test_compatibility(event.subject, avro(event))
+        ok = registry.test_compatibility(subject or event.subject, avro(event))
     except SchemaRegistryError as error:
         if error.error_code in NOT_FOUND_CODES:
             return CompatibilityResult(event.subject, True, "new subject")
@@ -115,3 +126,31 @@ def release(contract: Contract) -> list[Path]:
 def released_schemas(contract: Contract) -> dict[str, str]:
     """Released schema text by subject."""
     return {path.stem: path.read_text() for path in sorted(released_dir(contract).glob("*.json"))}
+
+
+def check_against_released(settings: Settings, contract: Contract) -> list[CompatibilityResult]:
+    """Compare every local schema with its released snapshot, using the registry's own
+    compatibility rules on a scratch subject that is deleted afterwards."""
+    registry = client(settings)
+    released = released_schemas(contract)
+    return [_check_released(registry, event, released.get(event.subject)) for event in contract]
+
+
+def _check_released(
+    registry: SchemaRegistryClient, event: EventType, released: str | None
+) -> CompatibilityResult:
+    if released is None:
+        return CompatibilityResult(event.subject, True, "not released yet")
+    scratch = f"reelpulse.release-check.{uuid.uuid4().hex[:12]}.{event.full_name}"
+    try:
+        registry.set_compatibility(scratch, COMPATIBILITY)
+        registry.register_schema(scratch, Schema(released, "AVRO"))
+        return _check(registry, event, scratch)
+    finally:
+        _delete(registry, scratch)
+
+
+def _delete(registry: SchemaRegistryClient, subject: str) -> None:
+    with contextlib.suppress(SchemaRegistryError):
+        registry.delete_subject(subject)
+        registry.delete_subject(subject, permanent=True)

@@ -13,6 +13,7 @@ the pom they came from, so a second setup does nothing). Layout under
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from confluent_kafka.admin import AdminClient
 
 from reelpulse.errors import StackError
 from reelpulse.settings import PROJECT_ROOT, Settings
@@ -70,14 +72,20 @@ def java(settings: Settings) -> str:
         raise StackError(f"REELPULSE_JAVA_HOME={settings.java_home} has no bin/java")
     found = shutil.which("java")
     if not found:
-        raise StackError("java not found: install a JDK 17+ (apt-get install openjdk-17-jdk-headless) or set REELPULSE_JAVA_HOME")
+        raise StackError(
+            "java not found: install a JDK 17+ (apt-get install openjdk-17-jdk-headless) "
+            "or set REELPULSE_JAVA_HOME"
+        )
     return found
 
 
 def maven() -> str:
     found = shutil.which("mvn")
     if not found:
-        raise StackError("mvn not found: install Maven 3.8+ (apt-get install maven); it fetches Kafka and the registry from Maven Central")
+        raise StackError(
+            "mvn not found: install Maven 3.8+ (apt-get install maven); "
+            "it fetches Kafka and the registry from Maven Central"
+        )
     return found
 
 
@@ -106,12 +114,22 @@ def fetch_jars(settings: Settings, component: str) -> Path:
 
 
 def _run_maven(pom: Path, goal: str, target: Path) -> None:
-    command = [maven(), "-q", "-B", "-f", str(pom), goal,
-               "-DincludeScope=runtime", f"-DoutputDirectory={target}"]
+    command = [
+        maven(),
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        goal,
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={target}",
+    ]
     log.info("fetching %s from Maven Central", pom.parent.name)
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise StackError(f"Maven could not fetch {pom.parent.name}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}")
+        raise StackError(
+            f"Maven could not fetch {pom.parent.name}:\n{result.stdout[-3000:]}{result.stderr[-2000:]}"
+        )
 
 
 def _unpack(archive: Path, target: Path) -> None:
@@ -186,8 +204,18 @@ def _prepare_kafka(settings: Settings) -> None:
     if (home / "data" / "meta.properties").exists():
         return
     cluster_id = _cluster_id(home)
-    command = [java(settings), "-cp", _kafka_classpath(settings), "kafka.tools.StorageTool",
-               "format", "--standalone", "-t", cluster_id, "-c", str(home / "server.properties")]
+    command = [
+        java(settings),
+        "-cp",
+        _kafka_classpath(settings),
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        "-t",
+        cluster_id,
+        "-c",
+        str(home / "server.properties"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise StackError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
@@ -203,18 +231,25 @@ def _cluster_id(home: Path) -> str:
 
 def _kafka_command(settings: Settings) -> list[str]:
     home = kafka_dir(settings)
-    return [java(settings), f"-Xmx{settings.kafka_heap}", f"-Xms{settings.kafka_heap}",
-            "-XX:+UseG1GC", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-            "-cp", _kafka_classpath(settings), "kafka.Kafka", str(home / "server.properties")]
+    return [
+        java(settings),
+        f"-Xmx{settings.kafka_heap}",
+        f"-Xms{settings.kafka_heap}",
+        "-XX:+UseG1GC",
+        f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+        "-cp",
+        _kafka_classpath(settings),
+        "kafka.Kafka",
+        str(home / "server.properties"),
+    ]
 
 
 def _kafka_ready(settings: Settings) -> bool:
-    from confluent_kafka.admin import AdminClient
-
     try:
-        admin = AdminClient({**settings.kafka_client_config(), "socket.timeout.ms": 2000})
+        # log_level 0: a broker that is still starting refuses connections; not news.
+        admin = AdminClient({**settings.kafka_client_config(), "socket.timeout.ms": 2000, "log_level": 0})
         metadata = admin.list_topics(timeout=2)
-    except Exception:  # noqa: BLE001 - any failure here only means "not ready yet"
+    except Exception:
         return False
     return bool(metadata.brokers)
 
@@ -239,8 +274,14 @@ def _registry_command(settings: Settings) -> list[str]:
         "apicurio.ccompat.use-canonical-hash": "true",
     }
     flags = [f"-D{key}={value}" for key, value in props.items()]
-    return [java(settings), f"-Xmx{settings.registry_heap}", "-XX:+UseSerialGC", *flags,
-            "-jar", str(_registry_jar(settings))]
+    return [
+        java(settings),
+        f"-Xmx{settings.registry_heap}",
+        "-XX:+UseSerialGC",
+        *flags,
+        "-jar",
+        str(_registry_jar(settings)),
+    ]
 
 
 def _registry_ready(settings: Settings) -> bool:
@@ -325,9 +366,14 @@ def _spawn(service: Service, settings: Settings) -> int:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     service.pid_file(settings).parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("ab") as out:
-        process = subprocess.Popen(service.command(settings), stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   cwd=settings.state_dir)
+        process = subprocess.Popen(
+            service.command(settings),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=settings.state_dir,
+        )
     service.pid_file(settings).write_text(str(process.pid))
     log.info("started %s (pid %s), log: %s", service.name, process.pid, log_file)
     return process.pid
@@ -340,9 +386,14 @@ def _wait_ready(service: Service, settings: Settings, pid: int) -> None:
             return
         if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             service.pid_file(settings).unlink(missing_ok=True)
-            raise StackError(f"{service.name} exited during start-up; last lines of {service.log_file(settings)}:\n{tail(service, settings, 25)}")
+            raise StackError(
+                f"{service.name} exited during start-up; last lines of "
+                f"{service.log_file(settings)}:\n{tail(service, settings, 25)}"
+            )
         time.sleep(0.5)
-    raise StackError(f"{service.name} not ready after {settings.startup_timeout_s:.0f}s; see {service.log_file(settings)}")
+    raise StackError(
+        f"{service.name} not ready after {settings.startup_timeout_s:.0f}s; see {service.log_file(settings)}"
+    )
 
 
 def stop(service: Service, settings: Settings, timeout_s: float = 30.0) -> bool:
@@ -370,10 +421,8 @@ def kill(service: Service, settings: Settings) -> None:
 
 
 def _signal_group(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def tail(service: Service, settings: Settings, lines: int = 50) -> str:

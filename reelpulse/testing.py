@@ -3,8 +3,11 @@ local stack on free ports."""
 
 from __future__ import annotations
 
+import datetime as dt
 import socket
+import uuid
 from pathlib import Path
+from typing import Any
 
 from reelpulse.settings import Settings
 
@@ -27,3 +30,17 @@ def stack_settings(state_dir: Path, **overrides: object) -> Settings:
         "registry_heap": "256m",
     }
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
+
+
+def plain(value: Any) -> Any:
+    """Undo the logical-type conversions of an Avro reader (datetime, UUID), so a decoded
+    record compares equal to the record that was written."""
+    if isinstance(value, dt.datetime):
+        return int(value.timestamp() * 1000)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
@@ -17,8 +18,11 @@ log = logging.getLogger("reelpulse.topics")
 TIMEOUT_S = 15.0
 
 
+QUIET = {"log_level": 3}  # librdkafka: errors only; its info lines are noise on a CLI
+
+
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient(settings.kafka_client_config())
+    return AdminClient({**settings.kafka_client_config(), **QUIET})
 
 
 def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
@@ -26,7 +30,9 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     client = admin(settings)
     existing = set(client.list_topics(timeout=TIMEOUT_S).topics)
     missing = [
-        NewTopic(spec.name, settings.topic_partitions, settings.topic_replication_factor, config=spec.config())
+        NewTopic(
+            spec.name, settings.topic_partitions, settings.topic_replication_factor, config=spec.config()
+        )
         for spec in specs
         if spec.name not in existing
     ]
@@ -61,11 +67,15 @@ def topic_states(settings: Settings, names: Iterable[str]) -> list[TopicState]:
     earliest = _offsets(client, partitions, OffsetSpec.earliest())
     counts: dict[str, int] = {}
     for tp in partitions:
-        counts[tp.topic] = counts.get(tp.topic, 0) + latest[(tp.topic, tp.partition)] - earliest[(tp.topic, tp.partition)]
+        counts[tp.topic] = (
+            counts.get(tp.topic, 0) + latest[(tp.topic, tp.partition)] - earliest[(tp.topic, tp.partition)]
+        )
     return [TopicState(n, len(metadata[n].partitions), counts.get(n, 0)) for n in names if n in metadata]
 
 
-def _offsets(client: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec) -> dict[tuple[str, int], int]:
+def _offsets(
+    client: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+) -> dict[tuple[str, int], int]:
     if not partitions:
         return {}
     futures = client.list_offsets({tp: spec for tp in partitions}, request_timeout=TIMEOUT_S)
@@ -90,8 +100,37 @@ def _group_lag(client: AdminClient, group: str) -> list[GroupLag]:
         log.warning("cannot read offsets of group %s: %s", group, error)
         return []
     committed = [tp for tp in committed if tp.offset >= 0]
-    latest = _offsets(client, [TopicPartition(tp.topic, tp.partition) for tp in committed], OffsetSpec.latest())
+    latest = _offsets(
+        client, [TopicPartition(tp.topic, tp.partition) for tp in committed], OffsetSpec.latest()
+    )
     per_topic: dict[str, int] = {}
     for tp in committed:
         per_topic[tp.topic] = per_topic.get(tp.topic, 0) + latest[(tp.topic, tp.partition)] - tp.offset
     return [GroupLag(group, topic, lag) for topic, lag in sorted(per_topic.items())]
+
+
+def read_keys(settings: Settings, topic: str) -> set[str]:
+    """Every distinct key currently in ``topic`` (for a compacted topic: its entities)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**settings.kafka_client_config(), **QUIET, "group.id": "reelpulse-read-keys"})
+    keys: set[str] = set()
+    try:
+        for partition in consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions:
+            keys |= _partition_keys(consumer, TopicPartition(topic, partition))
+    finally:
+        consumer.close()
+    return keys
+
+
+def _partition_keys(consumer: Any, tp: TopicPartition) -> set[str]:
+    low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
+    consumer.assign([TopicPartition(tp.topic, tp.partition, low)])
+    keys: set[str] = set()
+    position = low
+    while position < high:
+        for message in consumer.consume(1000, timeout=1.0):
+            if message.error() is None and message.key() is not None:
+                keys.add(message.key().decode())
+            position = message.offset() + 1
+    return keys

@@ -4,7 +4,6 @@ ports with a fresh state directory (the jar cache is shared with the local stack
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 

@@ -57,7 +57,9 @@ def test_a_taken_port_is_named_with_its_owner(tmp_path: Path) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", settings.local_kafka_port()))
         squatter.listen()
-        with pytest.raises(StackError, match=rf"port {settings.local_kafka_port()} for kafka is taken by pid {os.getpid()}"):
+        with pytest.raises(
+            StackError, match=rf"port {settings.local_kafka_port()} for kafka is taken by pid {os.getpid()}"
+        ):
             stack.start(stack.KAFKA, settings)
     assert processes_of(settings.state_dir) == []
 
@@ -74,11 +76,16 @@ def test_a_stale_pid_file_is_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_status_shows_services_and_topics(settings: Settings, schema_ids: dict) -> None:
-    env = {**os.environ, "REELPULSE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-           "REELPULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-           "REELPULSE_STATE_DIR": str(settings.state_dir), "COLUMNS": "200"}
-    result = subprocess.run([sys.executable, "-m", "reelpulse", "status"], env=env,
-                            capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "REELPULSE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "REELPULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "REELPULSE_STATE_DIR": str(settings.state_dir),
+        "COLUMNS": "200",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "reelpulse", "status"], env=env, capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("ready") == 2
     for topic in ("reelpulse.playback", "reelpulse.auth", "reelpulse.deadletter"):

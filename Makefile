@@ -1,0 +1,60 @@
+# reelpulse: `make demo` sets everything up and runs the platform on the local stack;
+# `make test` runs every test tier. `make help` lists every target.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+SECONDS ?= 60
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo up down status simulate test test-unit test-integration lint bench clean
+
+help: ## List every target
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with pinned dependencies and fetch the JVM parts from Maven Central
+	$(BIN)/reelpulse setup
+
+demo: install ## Install, start Kafka + registry, simulate $(SECONDS)s of traffic, show status
+	$(BIN)/reelpulse up
+	$(BIN)/reelpulse simulate --duration $(SECONDS) --truth artifacts/demo/truth.json
+	$(BIN)/reelpulse status
+
+up: install ## Start the local stack
+	$(BIN)/reelpulse up
+
+down: ## Stop the local stack (data is kept)
+	$(BIN)/reelpulse down
+
+status: ## Services, topics and consumer-group lag
+	$(BIN)/reelpulse status
+
+simulate: install ## Simulate traffic continuously, paced in real time (Ctrl-C to stop)
+	$(BIN)/reelpulse simulate --continuous
+
+test: install ## Run every test tier (unit, then integration against a real broker and registry)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-unit: $(STAMP) ## Unit tests only (no services, seconds)
+	$(BIN)/pytest -m unit
+
+test-integration: install ## Integration tests only (starts its own broker and registry)
+	$(BIN)/pytest -m integration
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: install ## Producer benchmark beside Kafka's ProducerPerformance
+	$(BIN)/python -m benchmarks.producer
+
+clean: down ## Stop the stack and delete its state (topics, schemas, logs)
+	rm -rf .reelpulse/kafka .reelpulse/run .reelpulse/logs
