@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from reelpulse.contract import Contract
 from reelpulse.errors import ReelpulseError
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
+
+if TYPE_CHECKING:
+    from reelpulse.simulator import Incident, SimulationConfig, Simulator
 
 app = typer.Typer(help="reelpulse: the event platform of a streaming-video service.", no_args_is_help=True)
 schemas_app = typer.Typer(
@@ -282,3 +285,101 @@ def import_ratings(
         progress.update(task, completed=size)
     print_summary("imported", counts, time.monotonic() - started)
     console.print(summary.line())
+
+
+def parse_incident(text: str) -> Incident:
+    """``KIND:START_S:DURATION_S[:TARGET]``, e.g. ``edge_outage:20:15:edge-fra-01``."""
+    from reelpulse.simulator import Incident
+
+    parts = text.split(":", 3)
+    if len(parts) < 3:
+        raise typer.BadParameter(
+            f"{text!r}: expected KIND:START_S:DURATION_S[:TARGET]", param_hint="--incident"
+        )
+    try:
+        return Incident(parts[0], float(parts[1]), float(parts[2]), parts[3] if len(parts) > 3 else None)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise typer.BadParameter(f"{text!r}: {error}", param_hint="--incident") from error
+
+
+@app.command()
+@run
+def simulate(
+    duration: Annotated[float | None, typer.Option(help="Seconds of traffic (event time)")] = 60.0,
+    events: Annotated[int | None, typer.Option(help="Stop after this many events")] = None,
+    continuous: Annotated[bool, typer.Option(help="Run until Ctrl-C (ignores --duration)")] = False,
+    rate: Annotated[float, typer.Option(help="Events per second of event time")] = 2000.0,
+    pace: Annotated[
+        bool, typer.Option(help="Send in real time (off: as fast as possible, a backfill)")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="Same seed, same traffic")] = 7,
+    users: Annotated[int, typer.Option()] = 500,
+    titles: Annotated[int, typer.Option()] = 200,
+    edges: Annotated[int, typer.Option()] = 12,
+    incident: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KIND:START_S:DURATION_S[:TARGET]; kinds: edge_outage, login_attack, play_failure_spike"
+        ),
+    ] = None,
+    truth: Annotated[Path, typer.Option(help="Where the ground truth is written")] = Path(
+        "artifacts/simulation/truth.json"
+    ),
+) -> None:
+    """Simulate platform traffic into Kafka (seeded), writing the ground truth to a file."""
+    from reelpulse.simulator import SimulationConfig, Simulator
+
+    config = SimulationConfig(
+        seed=seed,
+        start_ms=int(time.time() * 1000),
+        users=users,
+        titles=titles,
+        edges=edges,
+        rate=rate,
+        duration_s=None if continuous else duration,
+        max_events=events,
+        incidents=tuple(parse_incident(text) for text in incident or ()),
+    )
+    simulator = Simulator(config)
+    settings = _settings()
+    with EventProducer(settings, _contract(settings)) as producer:
+        producer.produce_all(("title", title) for title in simulator.catalog())
+        counts, seconds = _send(simulator, producer, config, pace)
+    truth.parent.mkdir(parents=True, exist_ok=True)
+    simulator.truth.to_json(truth)
+    print_summary("simulated", counts, seconds)
+    console.print(f"acknowledged by Kafka: {producer.stats.acked:,}; ground truth: {truth}")
+
+
+def _send(
+    simulator: Simulator, producer: EventProducer, config: SimulationConfig, pace: bool
+) -> tuple[Counter[str], float]:
+    expected = config.max_events or (int(config.rate * config.duration_s) if config.duration_s else None)
+    counts: Counter[str] = Counter()
+    started = time.monotonic()
+    with _progress() as progress:
+        task = progress.add_task("simulating", total=expected, rate=0.0)
+        try:
+            for event_type, record in simulator.events():
+                if pace:
+                    _wait_until(started, (event_time(record) - config.start_ms) / 1000)
+                producer.produce(event_type, record)
+                counts[event_type] += 1
+                if counts.total() % 2000 == 0:
+                    progress.update(
+                        task, completed=counts.total(), rate=counts.total() / (time.monotonic() - started)
+                    )
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted: flushing what was sent[/yellow]")
+        progress.update(task, completed=counts.total(), total=counts.total())
+    return counts, time.monotonic() - started
+
+
+def event_time(record: dict) -> int:
+    return int(record["envelope"]["event_time"] if "envelope" in record else record["event_time"])
+
+
+def _wait_until(started: float, offset_s: float) -> None:
+    delay = offset_s - (time.monotonic() - started)
+    if delay > 0.002:
+        time.sleep(delay)
