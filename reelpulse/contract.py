@@ -161,7 +161,7 @@ class Contract:
         self.events: dict[str, EventType] = {}
         for path in sorted(schemas_dir.glob("*.avsc")):
             schema = load_schema(str(path), _write_hint=False)
-            if TOPIC_PROPERTY in schema:
+            if isinstance(schema, dict) and TOPIC_PROPERTY in schema:
                 self.events[path.stem] = EventType(path.stem, schema)
         self.by_full_name = {e.full_name: e for e in self.events.values()}
 
@@ -251,9 +251,7 @@ def _define(t: Mapping[str, Any], named: dict[str, Any], open_: set[str], namesp
     if t["type"] in ("record", "error"):
         open_.add(full)
         inner = full.rpartition(".")[0]
-        out["fields"] = [
-            {**f, "type": _resolve(f["type"], named, open_, inner)} for f in t["fields"]
-        ]
+        out["fields"] = [{**f, "type": _resolve(f["type"], named, open_, inner)} for f in t["fields"]]
         open_.discard(full)
     return out
 

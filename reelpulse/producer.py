@@ -39,6 +39,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "delivery.timeout.ms": 300_000,
 }
 BACKPRESSURE_POLL_S = 0.05
+POLL_EVERY = 1000  # serve delivery reports every N records, not after each one
 
 
 @dataclass
@@ -68,6 +69,7 @@ class EventProducer:
         self.schema_ids = dict(schema_ids or registry.lookup_ids(settings, contract))
         self.stats = DeliveryStats()
         self.failures: list[DeliveryError] = []
+        self._unpolled = 0
         self._on_delivery = on_delivery
         self._producer = Producer({**settings.kafka_client_config(), **PRODUCER_DEFAULTS, **(config or {})})
 
@@ -95,7 +97,10 @@ class EventProducer:
                 break
             except BufferError:
                 self._producer.poll(BACKPRESSURE_POLL_S)
-        self._producer.poll(0)
+        self._unpolled += 1
+        if self._unpolled >= POLL_EVERY:
+            self._producer.poll(0)
+            self._unpolled = 0
 
     def _delivered(self, error: KafkaError | None, message: Message) -> None:
         failure = None

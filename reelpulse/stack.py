@@ -222,17 +222,32 @@ def _prepare_kafka(settings: Settings) -> None:
 
 
 def _cluster_id(home: Path) -> str:
-    """A KRaft cluster id (22 chars of URL-safe base64 of a UUID), kept for the stack's life."""
+    """A KRaft cluster id, kept for the stack's life."""
     path = home / "cluster.id"
     if not path.exists():
-        path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        path.write_text(new_cluster_id())
     return path.read_text().strip()
+
+
+def new_cluster_id() -> str:
+    """22 chars of URL-safe base64 of a random UUID, never starting with '-' (which the
+    storage tool would read as an option), as Kafka's own ``Uuid.randomUuid`` does."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _identity(settings: Settings) -> str:
+    """A system property naming the state dir: how a pid is recognised as this stack's."""
+    return f"-Dreelpulse.state_dir={settings.state_dir.resolve()}"
 
 
 def _kafka_command(settings: Settings) -> list[str]:
     home = kafka_dir(settings)
     return [
         java(settings),
+        _identity(settings),
         f"-Xmx{settings.kafka_heap}",
         f"-Xms{settings.kafka_heap}",
         "-XX:+UseG1GC",
@@ -276,6 +291,7 @@ def _registry_command(settings: Settings) -> list[str]:
     flags = [f"-D{key}={value}" for key, value in props.items()]
     return [
         java(settings),
+        _identity(settings),
         f"-Xmx{settings.registry_heap}",
         "-XX:+UseSerialGC",
         *flags,
@@ -317,7 +333,7 @@ def _is_our_process(pid: int, settings: Settings) -> bool:
     try:
         process = psutil.Process(pid)
         alive = process.status() != psutil.STATUS_ZOMBIE
-        return alive and str(settings.state_dir) in " ".join(process.cmdline())
+        return alive and _identity(settings) in process.cmdline()
     except psutil.Error:
         return False
 

@@ -29,8 +29,8 @@ def processes_of(state_dir: Path) -> list[psutil.Process]:
 
 
 @pytest.fixture
-def lone_kafka(tmp_path: Path) -> Iterator[Settings]:
-    """A second broker of its own (no registry), for lifecycle tests."""
+def own_stack(tmp_path: Path) -> Iterator[Settings]:
+    """A second stack of its own, for lifecycle tests."""
     settings = stack_settings(tmp_path / "state")
     stack.setup(settings)
     try:
@@ -39,16 +39,16 @@ def lone_kafka(tmp_path: Path) -> Iterator[Settings]:
         stack.down(settings)
 
 
-def test_start_twice_restart_keeps_topics_and_down_leaves_nothing(lone_kafka: Settings) -> None:
-    pid = stack.start(stack.KAFKA, lone_kafka)
-    assert stack.start(stack.KAFKA, lone_kafka) == pid
-    topics.ensure_topics(lone_kafka, [TopicSpec("lifecycle.check", 3_600_000)])
-    assert stack.down(lone_kafka) == ["kafka"]
-    assert processes_of(lone_kafka.state_dir) == []
-    assert not stack.KAFKA.pid_file(lone_kafka).exists()
+def test_start_twice_restart_keeps_topics_and_down_leaves_nothing(own_stack: Settings) -> None:
+    pids = stack.up(own_stack)
+    assert stack.up(own_stack) == pids
+    topics.ensure_topics(own_stack, [TopicSpec("lifecycle.check", 3_600_000)])
+    assert stack.down(own_stack) == ["registry", "kafka"]
+    assert processes_of(own_stack.state_dir) == []
+    assert not stack.KAFKA.pid_file(own_stack).exists()
 
-    stack.start(stack.KAFKA, lone_kafka)
-    names = [state.name for state in topics.topic_states(lone_kafka, ["lifecycle.check"])]
+    stack.start(stack.KAFKA, own_stack)
+    names = [state.name for state in topics.topic_states(own_stack, ["lifecycle.check"])]
     assert names == ["lifecycle.check"]
 
 
