@@ -39,8 +39,9 @@ status: ## Services, topics and consumer-group lag
 simulate: install ## Simulate traffic continuously, paced in real time (Ctrl-C to stop)
 	$(BIN)/reelpulse simulate --continuous
 
-test: install ## Run every test tier (unit, then integration against a real broker and registry)
+test: install ## Lint, type-check, then every test tier (unit; integration on a real broker and registry)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 test-unit: $(STAMP) ## Unit tests only (no services, seconds)

@@ -313,7 +313,9 @@ def simulate(
         bool, typer.Option(help="Send in real time (off: as fast as possible, a backfill)")
     ] = True,
     seed: Annotated[int, typer.Option(help="Same seed, same traffic")] = 7,
-    users: Annotated[int, typer.Option()] = 500,
+    users: Annotated[
+        int, typer.Option(help="Accounts (about 5-10x --rate keeps sessions realistic)")
+    ] = 10000,
     titles: Annotated[int, typer.Option()] = 200,
     edges: Annotated[int, typer.Option()] = 12,
     incident: Annotated[
@@ -329,9 +331,11 @@ def simulate(
     """Simulate platform traffic into Kafka (seeded), writing the ground truth to a file."""
     from reelpulse.simulator import SimulationConfig, Simulator
 
+    now_ms = int(time.time() * 1000)
+    backfill_ms = 0 if pace or continuous or duration is None else int(duration * 1000)
     config = SimulationConfig(
         seed=seed,
-        start_ms=int(time.time() * 1000),
+        start_ms=now_ms - backfill_ms,  # unpaced traffic ends now instead of running ahead
         users=users,
         titles=titles,
         edges=edges,

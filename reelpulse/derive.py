@@ -43,6 +43,7 @@ from reelpulse.contract import Contract, EventType, resolved
 if TYPE_CHECKING:
     from pyspark.sql.types import DataType, StructType
 
+
 def _non_null(branches: list[Any]) -> list[Any]:
     return [b for b in branches if _kind(b) != "null"]
 

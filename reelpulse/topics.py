@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic, OffsetSpec
 
 from reelpulse.contract import TopicSpec
@@ -109,28 +108,31 @@ def _group_lag(client: AdminClient, group: str) -> list[GroupLag]:
     return [GroupLag(group, topic, lag) for topic, lag in sorted(per_topic.items())]
 
 
-def read_keys(settings: Settings, topic: str) -> set[str]:
-    """Every distinct key currently in ``topic`` (for a compacted topic: its entities)."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer({**settings.kafka_client_config(), **QUIET, "group.id": "reelpulse-read-keys"})
-    keys: set[str] = set()
+def read_topic(settings: Settings, topic: str) -> Iterator[Message]:
+    """Every record currently in ``topic``, partition by partition, from the earliest
+    retained offset to the end offset at the time each partition is reached."""
+    consumer = Consumer({**settings.kafka_client_config(), **QUIET, "group.id": "reelpulse-read-topic"})
     try:
-        for partition in consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions:
-            keys |= _partition_keys(consumer, TopicPartition(topic, partition))
+        for partition in sorted(consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions):
+            yield from _read_partition(consumer, TopicPartition(topic, partition))
     finally:
         consumer.close()
-    return keys
 
 
-def _partition_keys(consumer: Any, tp: TopicPartition) -> set[str]:
+def _read_partition(consumer: Consumer, tp: TopicPartition) -> Iterator[Message]:
     low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
     consumer.assign([TopicPartition(tp.topic, tp.partition, low)])
-    keys: set[str] = set()
     position = low
     while position < high:
         for message in consumer.consume(1000, timeout=1.0):
-            if message.error() is None and message.key() is not None:
-                keys.add(message.key().decode())
-            position = message.offset() + 1
-    return keys
+            if message.error() is not None:
+                raise KafkaException(message.error())
+            offset = message.offset()
+            position = (position if offset is None else offset) + 1
+            yield message
+
+
+def read_keys(settings: Settings, topic: str) -> set[str]:
+    """Every distinct key currently in ``topic`` (for a compacted topic: its entities)."""
+    keys = (message.key() for message in read_topic(settings, topic))
+    return {key.decode() for key in keys if key is not None}

@@ -77,7 +77,9 @@ def test_a_breaking_edit_fails_the_release_check(settings: Settings, contract: C
     assert [r.subject for r in results if not r.compatible] == [contract["rating"].subject]
 
 
-def test_schemas_check_command_passes_against_the_released_versions(settings: Settings, schema_ids: dict) -> None:
+def test_schemas_check_command_passes_against_the_released_versions(
+    settings: Settings, schema_ids: dict
+) -> None:
     env = {
         **os.environ,
         "REELPULSE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,

@@ -48,9 +48,7 @@ def field(name: str, data_type: DataType, nullable: bool = False) -> StructField
 def without_comments(data_type: DataType) -> DataType:
     """``data_type`` with every StructField's metadata dropped, as ``from_avro`` gives it."""
     if isinstance(data_type, StructType):
-        return StructType(
-            [field(f.name, without_comments(f.dataType), f.nullable) for f in data_type.fields]
-        )
+        return StructType([field(f.name, without_comments(f.dataType), f.nullable) for f in data_type.fields])
     if isinstance(data_type, ArrayType):
         return ArrayType(without_comments(data_type.elementType), data_type.containsNull)
     if isinstance(data_type, MapType):
@@ -118,9 +116,7 @@ EXPECTED_SPARK = {
             field(
                 "headers",
                 ArrayType(
-                    StructType(
-                        [field("key", StringType()), field("value", BinaryType(), nullable=True)]
-                    ),
+                    StructType([field("key", StringType()), field("value", BinaryType(), nullable=True)]),
                     containsNull=False,
                 ),
             ),
@@ -214,9 +210,7 @@ def test_spark_schema_resolves_named_type_references() -> None:
             field("n", LongType()),
             field(
                 "x",
-                StructType(
-                    [field("member0", StringType(), True), field("member1", DoubleType(), True)]
-                ),
+                StructType([field("member0", StringType(), True), field("member1", DoubleType(), True)]),
                 nullable=True,
             ),
         ]
@@ -235,9 +229,7 @@ def test_resolved_rejects_unknown_and_recursive_types() -> None:
 
 
 def test_duckdb_types() -> None:
-    assert duckdb_type({"type": "long", "logicalType": "timestamp-millis"}) == (
-        "TIMESTAMP WITH TIME ZONE"
-    )
+    assert duckdb_type({"type": "long", "logicalType": "timestamp-millis"}) == ("TIMESTAMP WITH TIME ZONE")
     assert duckdb_type({"type": "long", "logicalType": "local-timestamp-millis"}) == "TIMESTAMP"
     assert duckdb_type({"type": "string", "logicalType": "uuid"}) == "VARCHAR"
     assert duckdb_type(["null", "float"]) == "FLOAT"
