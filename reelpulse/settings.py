@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(3, ge=1, description="Partitions of each event topic.")
     topic_replication_factor: int = Field(1, ge=1)
 
+    # Lake (batch/: Spark with Delta)
+    lake_dir: str = Field(
+        str(PROJECT_ROOT / "lake"), description="Root of the Delta Lake: a local path or an s3a:// URI."
+    )
+    spark_master: str = Field("local[*]", description="Spark master URL; local[*] uses every core.")
+    spark_driver_memory: str = "2g"
+    spark_shuffle_partitions: int = Field(4, ge=1, description="Few cores, small batches: few partitions.")
+    bronze_max_offsets_per_batch: int = Field(
+        500_000, ge=1, description="Kafka records per bronze micro-batch (bounds memory)."
+    )
+
     # Local stack (plain processes on this machine)
     state_dir: Path = Field(
         PROJECT_ROOT / ".reelpulse",

@@ -41,7 +41,11 @@ JVM_DIR = PROJECT_ROOT / "jvm"
 REGISTRY_RUNNER_GLOB = "apicurio-registry-app-*-runner.jar"
 # The Maven goal that copies each component: the broker needs its runtime classpath,
 # the registry is one archive.
-MAVEN_GOALS = {"kafka": "dependency:copy-dependencies", "registry": "dependency:copy"}
+MAVEN_GOALS = {
+    "kafka": "dependency:copy-dependencies",
+    "registry": "dependency:copy",
+    "spark": "dependency:copy-dependencies",
+}
 KAFKA_LOG4J = """\
 status = warn
 appender.console.type = Console
@@ -139,7 +143,7 @@ def _unpack(archive: Path, target: Path) -> None:
 
 
 def setup(settings: Settings) -> dict[str, Path]:
-    """Fetch every JVM component of the local stack."""
+    """Fetch every JVM component: the broker, the registry and Spark's connectors."""
     java(settings)
     return {name: fetch_jars(settings, name) for name in MAVEN_GOALS}
 

@@ -1,0 +1,1 @@
+"""Spark jobs that build the Delta Lake: bronze -> silver -> gold."""

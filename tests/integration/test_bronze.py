@@ -1,0 +1,119 @@
+"""Bronze from a data engineer's side: after the simulator ran, one bronze run holds
+exactly the produced events per event type, bad bytes sit in quarantine with their
+reason, a second run adds nothing, and DuckDB and delta-rs see what Spark sees."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from batch import bronze, sql
+from batch import spark as spark_support
+from reelpulse.contract import Contract, encode
+from reelpulse.producer import EventProducer
+from reelpulse.settings import Settings
+from reelpulse.simulator import SimulationConfig, Simulator
+
+GARBAGE = {
+    "not_wire_format": b"hello, not avro",
+    "unknown_schema_id": b"\x00\x00\x0f\x42\x40" + b"\x02\x04ab",
+}
+
+
+@pytest.fixture(scope="module")
+def lake_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    lake = tmp_path_factory.mktemp("lake")
+    return settings.model_copy(update={"lake_dir": str(lake), "spark_master": "local[2]"})
+
+
+@pytest.fixture(scope="module")
+def spark(lake_settings: Settings) -> Iterator[object]:
+    session = spark_support.session(lake_settings, "reelpulse-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def produced(lake_settings: Settings, contract: Contract, schema_ids: dict[str, int]) -> dict:
+    simulator = Simulator(SimulationConfig(seed=5, users=400, titles=50, rate=400.0, duration_s=15.0))
+    titles = simulator.catalog()
+    events = list(simulator.events())
+    with EventProducer(lake_settings, contract, schema_ids=schema_ids) as producer:
+        producer.produce_all(("title", t) for t in titles)
+        producer.produce_all(events)
+    heartbeat = contract["playback_heartbeat"]
+    record = next(r for n, r in events if n == heartbeat.name)
+    truncated = encode(schema_ids[heartbeat.name], heartbeat.parsed, record)[:12]
+    raw = Producer(lake_settings.kafka_client_config())
+    for value in [*GARBAGE.values(), truncated]:
+        raw.produce("reelpulse.playback", value, b"garbage")
+    raw.flush(30)
+    ids: dict[str, set[str]] = {}
+    for name, record in events:
+        ids.setdefault(name, set()).add(record.get("envelope", record)["event_id"])
+    return {"ids": ids, "titles": {t["title_id"] for t in titles}, "truncated": truncated}
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, lake_settings: Settings, produced: dict) -> dict:
+    """One bronze run over every topic, after the simulator's traffic and the bad bytes."""
+    bronze.run(lake_settings, spark)
+    return produced
+
+
+def bronze_ids(spark, settings: Settings, name: str, contract: Contract) -> Counter[str]:
+    table = spark.read.format("delta").load(bronze.Lake(settings.lake_dir).table(name))
+    column = "envelope.event_id" if "envelope" in table.columns else "event_id"
+    return Counter(row[0] for row in table.select(column).collect())
+
+
+def test_bronze_holds_exactly_the_produced_events_once(
+    spark, lake_settings: Settings, contract: Contract, ingested: dict
+) -> None:
+    produced = ingested
+    for name, ids in sorted(produced["ids"].items()):
+        landed = bronze_ids(spark, lake_settings, name, contract)
+        assert ids <= set(landed), name
+        assert {i: n for i, n in landed.items() if i in ids and n != 1} == {}, name
+    titles = spark.read.format("delta").load(bronze.Lake(lake_settings.lake_dir).table("title"))
+    assert produced["titles"] <= {row.title_id for row in titles.select("title_id").collect()}
+
+
+def test_bad_bytes_are_quarantined_with_reason_and_original_bytes(
+    spark, lake_settings: Settings, ingested: dict
+) -> None:
+    produced = ingested
+    quarantine = spark.read.format("delta").load(bronze.Lake(lake_settings.lake_dir).table(bronze.QUARANTINE))
+    rows = {
+        bytes(r.original_value): r for r in quarantine.where("_kafka_topic = 'reelpulse.playback'").collect()
+    }
+    for error_type, value in GARBAGE.items():
+        assert rows[value].error_type == error_type
+        assert rows[value].reason
+        assert rows[value]._kafka_offset is not None
+    assert rows[produced["truncated"]].error_type == "undecodable"
+    assert "schema id" in rows[produced["truncated"]].reason
+
+
+def test_a_second_run_adds_nothing(spark, lake_settings: Settings, ingested: dict) -> None:
+    produced = ingested
+    lake = bronze.Lake(lake_settings.lake_dir)
+    before = {name: spark.read.format("delta").load(lake.table(name)).count() for name in produced["ids"]}
+    bronze.run(lake_settings, spark)
+    after = {name: spark.read.format("delta").load(lake.table(name)).count() for name in produced["ids"]}
+    assert after == before
+
+
+def test_duckdb_and_delta_rs_read_what_spark_reads(spark, lake_settings: Settings, ingested: dict) -> None:
+    from deltalake import DeltaTable
+
+    path = bronze.Lake(lake_settings.lake_dir).table("playback_heartbeat")
+    spark_count = spark.read.format("delta").load(path).count()
+    assert DeltaTable(path).to_pyarrow_table().num_rows == spark_count
+    connection = sql.connect()
+    assert connection.execute(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()[0] == spark_count
+    assert Path(path).exists()
