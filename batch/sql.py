@@ -1,12 +1,22 @@
-"""DuckDB over the lake: a connection with the delta extension loaded from the pinned
-``duckdb-extension-delta`` package (offline; never downloaded at run time)."""
+"""DuckDB over the lake, read-only.
+
+Every Delta table under ``<lake>/{bronze,silver,gold}/<name>`` becomes a view
+``<layer>.<name>`` (``SELECT * FROM silver.playback_sessions``). The delta extension is
+loaded from the pinned ``duckdb-extension-delta`` package, offline. Time travel reads a
+table as of a version or a timestamp through delta-rs, which DuckDB then scans as Arrow.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import duckdb
+
+LAYERS = ("bronze", "silver", "gold")
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -18,3 +28,82 @@ def connect() -> duckdb.DuckDBPyConnection:
     duckdb_extensions.import_extension("delta", con=connection)
     connection.execute("LOAD delta")
     return connection
+
+
+@dataclass(frozen=True)
+class TimeTravel:
+    """Read tables as they were: ``versions`` per qualified table name, or all as of a time."""
+
+    versions: dict[str, int] | None = None
+    as_of: dt.datetime | None = None
+
+
+def lake_tables(lake_dir: str) -> dict[str, str]:
+    """Qualified view name -> table path for every Delta table of the lake."""
+    root = Path(lake_dir)
+    tables = {}
+    for layer in LAYERS:
+        for log in sorted((root / layer).glob("*/_delta_log")):
+            tables[f"{layer}.{log.parent.name}"] = str(log.parent)
+    return tables
+
+
+def lake_connection(lake_dir: str, travel: TimeTravel | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection with a view per lake table."""
+    connection = connect()
+    tables = lake_tables(lake_dir)
+    for layer in sorted({name.split(".")[0] for name in tables}):
+        connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{layer}"')
+    for name, path in tables.items():
+        _create_view(connection, name, path, travel or TimeTravel())
+    return connection
+
+
+def _create_view(connection: duckdb.DuckDBPyConnection, name: str, path: str, travel: TimeTravel) -> None:
+    layer, table = name.split(".")
+    version = (travel.versions or {}).get(name)
+    if version is None and travel.as_of is None:
+        source = f"delta_scan('{_quote(path)}')"
+    else:
+        source = _register_snapshot(connection, name, path, version, travel.as_of)
+    connection.execute(f'CREATE VIEW "{layer}"."{table}" AS SELECT * FROM {source}')
+
+
+def _register_snapshot(
+    connection: Any, name: str, path: str, version: int | None, as_of: dt.datetime | None
+) -> str:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(path)
+    table.load_as_version(version if version is not None else as_of)  # type: ignore[arg-type]
+    relation = f"snapshot_{name.replace('.', '_')}"
+    connection.register(relation, table.to_pyarrow_dataset())
+    return relation
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def query(
+    lake_dir: str, sql: str, travel: TimeTravel | None = None
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Column names and rows of ``sql`` run over the lake's views."""
+    connection = lake_connection(lake_dir, travel)
+    try:
+        result = connection.execute(sql)
+        return [column[0] for column in result.description], result.fetchall()
+    finally:
+        connection.close()
+
+
+def describe(lake_dir: str) -> dict[str, list[tuple[str, str]]]:
+    """Columns and types of every lake table, by qualified view name."""
+    connection = lake_connection(lake_dir)
+    try:
+        return {
+            name: [(row[0], row[1]) for row in connection.execute(f"DESCRIBE {name}").fetchall()]
+            for name in lake_tables(lake_dir)
+        }
+    finally:
+        connection.close()
