@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from collector.cli import collector_app
 from reelpulse import registry, stack, topics
 from reelpulse.contract import Contract
 from reelpulse.errors import ReelpulseError
@@ -23,6 +24,7 @@ from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
 
 if TYPE_CHECKING:
+    from collector.client import CollectorClient
     from reelpulse.simulator import Incident, SimulationConfig, Simulator
 
 app = typer.Typer(help="reelpulse: the event platform of a streaming-video service.", no_args_is_help=True)
@@ -32,6 +34,7 @@ schemas_app = typer.Typer(
 import_app = typer.Typer(help="Backfill events from files.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
+app.add_typer(collector_app, name="collector")
 console = Console()
 QUIET_LOGGERS = ("httpx", "httpx2")
 P = ParamSpec("P")
@@ -327,9 +330,20 @@ def simulate(
     truth: Annotated[Path, typer.Option(help="Where the ground truth is written")] = Path(
         "artifacts/simulation/truth.json"
     ),
+    via_collector: Annotated[
+        str | None,
+        typer.Option(help="Post device events to this collector URL in batches of 100 (catalog: Kafka)"),
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="REELPULSE_COLLECTOR_API_KEY", help="Collector API key")
+    ] = None,
 ) -> None:
     """Simulate platform traffic into Kafka (seeded), writing the ground truth to a file."""
+    from collector.client import CollectorClient
     from reelpulse.simulator import SimulationConfig, Simulator
+
+    if via_collector and not api_key:
+        raise typer.BadParameter("--via-collector needs --api-key", param_hint="--api-key")
 
     now_ms = int(time.time() * 1000)
     backfill_ms = 0 if pace or continuous or duration is None else int(duration * 1000)
@@ -346,17 +360,24 @@ def simulate(
     )
     simulator = Simulator(config)
     settings = _settings()
+    client = CollectorClient(via_collector, api_key) if via_collector and api_key else None
     with EventProducer(settings, _contract(settings)) as producer:
         producer.produce_all(("title", title) for title in simulator.catalog())
-        counts, seconds = _send(simulator, producer, config, pace)
+        if client:  # devices post to the collector; the catalog is a backend's, straight to Kafka
+            with client:
+                counts, seconds = _send(simulator, client, config, pace)
+        else:
+            counts, seconds = _send(simulator, producer, config, pace)
     truth.parent.mkdir(parents=True, exist_ok=True)
     simulator.truth.to_json(truth)
     print_summary("simulated", counts, seconds)
+    if client:
+        console.print(f"collector: {client.stats.accepted:,} accepted, {client.stats.rejected:,} rejected")
     console.print(f"acknowledged by Kafka: {producer.stats.acked:,}; ground truth: {truth}")
 
 
 def _send(
-    simulator: Simulator, producer: EventProducer, config: SimulationConfig, pace: bool
+    simulator: Simulator, producer: EventProducer | CollectorClient, config: SimulationConfig, pace: bool
 ) -> tuple[Counter[str], float]:
     expected = config.max_events or (int(config.rate * config.duration_s) if config.duration_s else None)
     counts: Counter[str] = Counter()

@@ -76,6 +76,27 @@ class Settings(BaseSettings):
     )
     startup_timeout_s: float = Field(120.0, gt=0)
 
+    # Collector (collector/: the HTTP front door for devices)
+    collector_keys_file: Path | None = Field(
+        None, description="Hashed API keys; default: <state dir>/collector/api_keys.json."
+    )
+    collector_max_body_bytes: int = Field(
+        1_048_576, gt=0, description="Largest request body, before and after gzip."
+    )
+    collector_max_batch_events: int = Field(1000, ge=1, description="Most events in one request.")
+    collector_rate_limit_events_per_s: float = Field(
+        10_000.0, gt=0, description="Events per second per API key (per worker process)."
+    )
+    collector_rate_limit_burst: int = Field(
+        20_000, ge=1, description="Token-bucket size per API key; at least the batch limit."
+    )
+    collector_clock_skew_s: float = Field(
+        86_400.0, gt=0, description="Events whose event_time is farther from now are rejected."
+    )
+    collector_delivery_timeout_s: float = Field(
+        5.0, gt=0, description="How long a request waits for Kafka's acknowledgement before a 503."
+    )
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_not_empty(cls, value: str) -> str:
