@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from collector.codec import compile_codec, encode_checked
+from reelpulse.codec import compile_codec, encode_checked
 from reelpulse.contract import Contract, EventType, encode
 from reelpulse.errors import SchemaViolation
 

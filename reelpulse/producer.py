@@ -3,9 +3,11 @@
 Schema ids are resolved once per event type when the producer starts (never per
 record). Each record is validated against its schema; an invalid one raises
 :class:`SchemaViolation` naming the event type and the field before anything is sent.
-Validation costs about as much as encoding (fastavro's writer alone would silently
-truncate a float into an int field), so only a caller whose records are already
-checked (the importer validates each row itself) may pass ``validate=False``.
+Validation and encoding happen in one pass through a function generated from each
+schema (:mod:`reelpulse.codec`); a record it does not recognise as plainly valid takes
+the contract's path, which raises the precise error or encodes with fastavro. A caller
+whose records are already checked (the importer validates each row itself) may pass
+``validate=False`` to skip the contract's check on that slow path.
 A full local buffer blocks the caller (backpressure) instead of growing without bound.
 Failed deliveries are collected and raised from :meth:`EventProducer.flush`, and
 passed to an optional callback as they happen.
@@ -22,6 +24,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from reelpulse import registry
+from reelpulse.codec import Codec, compile_codec
 from reelpulse.contract import Contract, EventType, encode
 from reelpulse.errors import DeliveryError
 from reelpulse.settings import Settings
@@ -69,6 +72,9 @@ class EventProducer:
         self.schema_ids = dict(schema_ids or registry.lookup_ids(settings, contract))
         self.stats = DeliveryStats()
         self.failures: list[DeliveryError] = []
+        self._codecs: dict[str, Codec | None] = {
+            name: compile_codec(contract[name], schema_id) for name, schema_id in self.schema_ids.items()
+        }
         self._unpolled = 0
         self._on_delivery = on_delivery
         self._producer = Producer({**settings.kafka_client_config(), **PRODUCER_DEFAULTS, **(config or {})})
@@ -76,9 +82,13 @@ class EventProducer:
     def produce(self, event_type: str, record: Mapping[str, Any]) -> None:
         """Validate, encode and enqueue one event; blocks while the local buffer is full."""
         event = self.contract[event_type]
-        if self.validate:
-            event.check(record)
-        self._send(event, record)
+        codec = self._codecs.get(event.name)
+        value = codec(record) if codec else None
+        if value is None:  # not plainly valid, or no fast codec: the contract decides
+            if self.validate:
+                event.check(record)
+            value = encode(self.schema_ids[event.name], event.parsed, record)
+        self._send(event, record, value)
 
     def produce_all(self, events: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
         """Produce ``(event_type, record)`` pairs; returns how many were enqueued."""
@@ -88,8 +98,7 @@ class EventProducer:
             count += 1
         return count
 
-    def _send(self, event: EventType, record: Mapping[str, Any]) -> None:
-        value = encode(self.schema_ids[event.name], event.parsed, record)
+    def _send(self, event: EventType, record: Mapping[str, Any], value: bytes) -> None:
         key = event.key_of(record).encode()
         while True:
             try:

@@ -1,14 +1,14 @@
 """Validate-and-encode in one pass, generated from each event schema.
 
 The contract's path (``EventType.check`` then ``contract.encode`` with fastavro) costs
-about 17 µs per event, most of the collector's CPU time. :func:`compile_codec` derives
+about 17 µs per event (most of the CPU time of the collector and the producer). :func:`compile_codec` derives
 from an event's resolved schema one plain Python function that checks each value's JSON
 type and writes its Avro binary form as it goes, in 2-4 µs. It is a fast path, never
 the judge: it returns ``None`` for anything it does not recognise as valid (a wrong
 type, an unknown key, a value it cannot encode, a schema construct it does not handle),
 and the caller then asks the contract (:func:`encode_checked`), whose verdict and
 encoding are authoritative. It accepts only records the contract accepts and writes the
-same bytes as fastavro (``tests/unit/test_collector_codec.py`` checks both).
+same bytes as fastavro (``tests/unit/test_codec.py`` checks both).
 
 Handled: records, enums, arrays, ``[null, T]`` unions, every primitive, and the
 pass-through logical types ``uuid`` (on strings) and ``timestamp-millis`` (on longs).

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector.codec import compile_codec, encode_checked, zigzag
 from collector.testing import device_events
+from reelpulse.codec import compile_codec, encode_checked, zigzag
 from reelpulse.contract import Contract, EventType, encode
 from reelpulse.errors import SchemaViolation
 from reelpulse.settings import Settings
