@@ -54,8 +54,9 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## Producer benchmark beside Kafka's ProducerPerformance
+bench: install ## Producer beside Kafka's ProducerPerformance; collector beside the producer
 	$(BIN)/python -m benchmarks.producer
+	$(BIN)/python -m benchmarks.collector
 
 clean: down ## Stop the stack and delete its state (topics, schemas, logs)
 	rm -rf .reelpulse/kafka .reelpulse/run .reelpulse/logs
