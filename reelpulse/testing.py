@@ -44,3 +44,17 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+def decoded_records(settings: Settings, topic: str) -> list[tuple[bytes | None, Any]]:
+    """Every (key, value) now in ``topic``, decoded the way a consumer team would: with
+    confluent-kafka's own Avro deserializer and the registry, logical types undone."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from reelpulse.topics import read_topic
+
+    deserialize = AvroDeserializer(SchemaRegistryClient(settings.schema_registry_config()))
+    context = SerializationContext(topic, MessageField.VALUE)
+    return [(m.key(), plain(deserialize(m.value(), context))) for m in read_topic(settings, topic)]

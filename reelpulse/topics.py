@@ -109,27 +109,34 @@ def _group_lag(client: AdminClient, group: str) -> list[GroupLag]:
 
 
 def read_topic(settings: Settings, topic: str) -> Iterator[Message]:
-    """Every record currently in ``topic``, partition by partition, from the earliest
-    retained offset to the end offset at the time each partition is reached."""
+    """Every record now in ``topic``: all partitions at once, from the earliest retained
+    offset up to the end offsets read when the call starts (later records are left out)."""
     consumer = Consumer({**settings.kafka_client_config(), **QUIET, "group.id": "reelpulse-read-topic"})
     try:
-        for partition in sorted(consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions):
-            yield from _read_partition(consumer, TopicPartition(topic, partition))
+        partitions = consumer.list_topics(topic, timeout=TIMEOUT_S).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=TIMEOUT_S) for p in partitions
+        }
+        remaining = {p for p, (low, high) in ends.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in sorted(remaining)])
+        while remaining:
+            yield from _until_ends(consumer.consume(1000, timeout=0.2), ends, remaining)
     finally:
         consumer.close()
 
 
-def _read_partition(consumer: Consumer, tp: TopicPartition) -> Iterator[Message]:
-    low, high = consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)
-    consumer.assign([TopicPartition(tp.topic, tp.partition, low)])
-    position = low
-    while position < high:
-        for message in consumer.consume(1000, timeout=1.0):
-            if message.error() is not None:
-                raise KafkaException(message.error())
-            offset = message.offset()
-            position = (position if offset is None else offset) + 1
-            yield message
+def _until_ends(
+    messages: list[Message], ends: dict[int, tuple[int, int]], remaining: set[int]
+) -> Iterator[Message]:
+    for message in messages:
+        if message.error() is not None:
+            raise KafkaException(message.error())
+        partition, offset = message.partition() or 0, message.offset() or 0
+        if offset >= ends[partition][1]:
+            continue
+        if offset + 1 >= ends[partition][1]:
+            remaining.discard(partition)
+        yield message
 
 
 def read_keys(settings: Settings, topic: str) -> set[str]:

@@ -13,11 +13,13 @@ from confluent_kafka import Producer
 
 from batch import bronze, sql
 from batch import spark as spark_support
-from reelpulse.contract import Contract, encode
+from reelpulse import topics
+from reelpulse.contract import Contract, TopicSpec, encode
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
 from reelpulse.simulator import SimulationConfig, Simulator
 
+GARBAGE_TOPIC = "test.bronze.garbage"
 GARBAGE = {
     "not_wire_format": b"hello, not avro",
     "unknown_schema_id": b"\x00\x00\x0f\x42\x40" + b"\x02\x04ab",
@@ -48,9 +50,11 @@ def produced(lake_settings: Settings, contract: Contract, schema_ids: dict[str, 
     heartbeat = contract["playback_heartbeat"]
     record = next(r for n, r in events if n == heartbeat.name)
     truncated = encode(schema_ids[heartbeat.name], heartbeat.parsed, record)[:12]
+    # Bad bytes go to a topic of their own: the event topics are shared with other tests.
+    topics.ensure_topics(lake_settings, [TopicSpec(GARBAGE_TOPIC, 3_600_000)])
     raw = Producer(lake_settings.kafka_client_config())
     for value in [*GARBAGE.values(), truncated]:
-        raw.produce("reelpulse.playback", value, b"garbage")
+        raw.produce(GARBAGE_TOPIC, value, b"garbage")
     raw.flush(30)
     ids: dict[str, set[str]] = {}
     for name, record in events:
@@ -62,6 +66,7 @@ def produced(lake_settings: Settings, contract: Contract, schema_ids: dict[str, 
 def ingested(spark, lake_settings: Settings, produced: dict) -> dict:
     """One bronze run over every topic, after the simulator's traffic and the bad bytes."""
     bronze.run(lake_settings, spark)
+    bronze.run(lake_settings, spark, [GARBAGE_TOPIC])
     return produced
 
 
@@ -89,7 +94,7 @@ def test_bad_bytes_are_quarantined_with_reason_and_original_bytes(
     produced = ingested
     quarantine = spark.read.format("delta").load(bronze.Lake(lake_settings.lake_dir).table(bronze.QUARANTINE))
     rows = {
-        bytes(r.original_value): r for r in quarantine.where("_kafka_topic = 'reelpulse.playback'").collect()
+        bytes(r.original_value): r for r in quarantine.where(f"_kafka_topic = '{GARBAGE_TOPIC}'").collect()
     }
     for error_type, value in GARBAGE.items():
         assert rows[value].error_type == error_type

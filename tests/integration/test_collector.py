@@ -17,10 +17,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -35,7 +31,7 @@ from reelpulse import stack, topics
 from reelpulse.cli import app as cli
 from reelpulse.contract import Contract, decode
 from reelpulse.settings import Settings
-from reelpulse.testing import free_port, plain
+from reelpulse.testing import decoded_records, free_port, plain
 
 DEAD_LETTERS = "reelpulse.deadletter"
 
@@ -45,46 +41,18 @@ def event_id(record: dict[str, Any]) -> str:
     return str(record.get("envelope", record).get("event_id"))
 
 
-def read(settings: Settings, topic: str) -> list[Message]:
-    """Every record now in ``topic``: all partitions at once, up to their end offsets
-    (``topics.read_topic`` waits a second a partition, which adds up over many topics)."""
-    consumer = Consumer({**settings.kafka_client_config(), "group.id": "collector-tests", "log_level": 3})
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions}
-        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
-        remaining = {p for p, (low, high) in ends.items() if high > low}
-        messages: list[Message] = []
-        while remaining:
-            for message in consumer.consume(1000, timeout=0.2):
-                assert message.error() is None, message.error()
-                messages.append(message)
-                if message.offset() + 1 >= ends[message.partition()][1]:
-                    remaining.discard(message.partition())
-        return messages
-    finally:
-        consumer.close()
-
-
-def decoded(settings: Settings, topic: str) -> list[tuple[bytes, dict[str, Any]]]:
-    """Every (key, value) of ``topic``, decoded by the registry's own Avro deserializer."""
-    deserialize = AvroDeserializer(SchemaRegistryClient(settings.schema_registry_config()))
-    context = SerializationContext(topic, MessageField.VALUE)
-    return [(m.key(), plain(deserialize(m.value(), context))) for m in read(settings, topic)]
-
-
 def ids_on_topics(settings: Settings, contract: Contract, names: set[str]) -> Counter[str]:
     """How often each event id is on the topics of the event types ``names``."""
     found: Counter[str] = Counter()
     for topic in sorted({contract[name].topic for name in names}):
-        found.update(event_id(value) for _, value in decoded(settings, topic))
+        found.update(event_id(value) for _, value in decoded_records(settings, topic))
     return found
 
 
 def dead_letters(settings: Settings, contract: Contract, client: str) -> list[dict[str, Any]]:
     """The collector's dead letters for requests of ``client``."""
     writer = contract["dead_letter"].parsed
-    letters = (plain(decode(m.value(), writer)) for m in read(settings, DEAD_LETTERS))
+    letters = (plain(decode(m.value(), writer)) for m in topics.read_topic(settings, DEAD_LETTERS))
     return [
         letter
         for letter in letters
@@ -134,7 +102,7 @@ def test_device_json_arrives_as_avro_the_registry_decodes(
     assert len(names) >= 10
     seen: Counter[str] = Counter()
     for topic in sorted({contract[name].topic for name in names}):
-        for key, value in decoded(settings, topic):
+        for key, value in decoded_records(settings, topic):
             identity = event_id(value)
             if identity in sent:
                 name, original = sent[identity]
