@@ -49,6 +49,7 @@ def session(settings: Settings, app_name: str = "reelpulse") -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
         .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
+        .config("spark.databricks.delta.snapshotPartitions", "2")  # small tables, few cores
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")

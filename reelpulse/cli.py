@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from batch.cli import lake_app, sql_command
 from collector.cli import collector_app
 from reelpulse import registry, stack, topics
 from reelpulse.contract import Contract
@@ -35,6 +36,8 @@ import_app = typer.Typer(help="Backfill events from files.", no_args_is_help=Tru
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
 app.add_typer(collector_app, name="collector")
+app.add_typer(lake_app, name="lake")
+app.command("sql")(sql_command)
 console = Console()
 QUIET_LOGGERS = ("httpx", "httpx2")
 P = ParamSpec("P")

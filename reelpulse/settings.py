@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     bronze_max_offsets_per_batch: int = Field(
         500_000, ge=1, description="Kafka records per bronze micro-batch (bounds memory)."
     )
+    silver_pseudonymization_key: SecretStr | None = Field(
+        None, description="Key of the keyed hash (HMAC-SHA256) of personal fields; at least 16 bytes."
+    )
+    silver_allowed_lateness_days: int = Field(3, ge=0, description="Older events go to silver/_late.")
+    silver_max_clock_skew_hours: int = Field(24, ge=1, description="Events this far ahead go to _late.")
+    silver_session_timeout_minutes: int = Field(30, ge=1, description="Silent sessions close as TIMEOUT.")
 
     # Local stack (plain processes on this machine)
     state_dir: Path = Field(
@@ -110,6 +116,15 @@ class Settings(BaseSettings):
         if urlparse(value).scheme not in {"http", "https"}:
             raise ValueError(f"{ENV_PREFIX}SCHEMA_REGISTRY_URL must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    def pseudonymization_key(self) -> bytes:
+        """The silver hash key, or an error naming the variable that sets it."""
+        if self.silver_pseudonymization_key is None:
+            raise ValueError(
+                f"{ENV_PREFIX}SILVER_PSEUDONYMIZATION_KEY is not set: silver hashes personal fields "
+                "with it (at least 16 bytes; e.g. the output of `openssl rand -hex 32`)"
+            )
+        return self.silver_pseudonymization_key.get_secret_value().encode()
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings shared by producers, consumers and the admin client."""
