@@ -54,9 +54,10 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## Producer beside Kafka's ProducerPerformance; collector beside the producer
+bench: install ## Producer vs ProducerPerformance; collector vs producer; Faust worker vs bare loop
 	$(BIN)/python -m benchmarks.producer
 	$(BIN)/python -m benchmarks.collector
+	$(BIN)/python -m benchmarks.streams
 
 clean: down ## Stop the stack and delete its state (topics, schemas, logs)
 	rm -rf .reelpulse/kafka .reelpulse/run .reelpulse/logs

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
@@ -14,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from collector import keys
-from reelpulse.errors import ReelpulseError
+from reelpulse.clitools import run
 from reelpulse.settings import Settings
 
 collector_app = typer.Typer(help="The HTTP collector devices post events to.", no_args_is_help=True)
@@ -24,20 +22,6 @@ console = Console()
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def run(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn reelpulse errors into one red line and exit code 1, not a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except ReelpulseError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from error
-
-    return wrapper
 
 
 @collector_app.command()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, ParamSpec, TypeVar
 
@@ -19,10 +17,11 @@ from rich.table import Table
 from batch.cli import lake_app, sql_command
 from collector.cli import collector_app
 from reelpulse import registry, stack, topics
+from reelpulse.clitools import run
 from reelpulse.contract import Contract
-from reelpulse.errors import ReelpulseError
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
+from streams.cli import alerts_app, streams_app
 
 if TYPE_CHECKING:
     from collector.client import CollectorClient
@@ -38,6 +37,8 @@ app.add_typer(import_app, name="import")
 app.add_typer(collector_app, name="collector")
 app.add_typer(lake_app, name="lake")
 app.command("sql")(sql_command)
+app.add_typer(streams_app, name="streams")
+app.add_typer(alerts_app, name="alerts")
 console = Console()
 QUIET_LOGGERS = ("httpx", "httpx2")
 P = ParamSpec("P")
@@ -62,20 +63,6 @@ def _settings() -> Settings:
 
 def _contract(settings: Settings) -> Contract:
     return Contract(settings.schemas_dir)
-
-
-def run(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn reelpulse errors into one red line and exit code 1, not a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except ReelpulseError as error:
-            console.print(f"[red]error:[/red] {error}")
-            raise typer.Exit(1) from error
-
-    return wrapper
 
 
 # --------------------------------------------------------------------------- local stack

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         5.0, gt=0, description="How long a request waits for Kafka's acknowledgement before a 503."
     )
 
+    # Streams (streams/: Faust monitors)
+    streams_app_id: str = Field("reelpulse-streams", description="Faust app id: consumer group, table names.")
+    streams_web_port: int = Field(6066, ge=1, le=65535, description="Port of a worker's web endpoints.")
+    streams_rules: Path | None = Field(None, description="Rules file; default: streams/rules.toml.")
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_not_empty(cls, value: str) -> str:
