@@ -22,10 +22,13 @@ import pytest
 
 from batch import bronze, dimensions, sessions, silver
 from batch import spark as spark_support
+from reelpulse import registry, stack
+from reelpulse import topics as reelpulse_topics
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
 from reelpulse.simulator import DEFAULT_START_MS, SimulationConfig, Simulator, activity, engine
+from reelpulse.testing import stack_settings
 
 KEY = b"integration-test-pseudonymization-key"
 TIMEOUT = dt.timedelta(minutes=3)  # > the longest silence of a live session (a 2-minute pause)
@@ -40,7 +43,31 @@ TOPICS = ("reelpulse.playback", "reelpulse.catalog", "reelpulse.cdn", "reelpulse
 
 
 @pytest.fixture(scope="module")
-def lake_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A stack of this module's own: the checks below compare whole topics with the
+    simulator's ground truth, so no other test may have produced into them."""
+    settings = stack_settings(tmp_path_factory.mktemp("silver-stack"))
+    try:
+        stack.up(settings)
+        yield settings
+    finally:
+        stack.down(settings)
+
+
+@pytest.fixture(scope="module")
+def contract(own_stack: Settings) -> Contract:
+    return Contract(own_stack.schemas_dir)
+
+
+@pytest.fixture(scope="module")
+def schema_ids(own_stack: Settings, contract: Contract) -> dict[str, int]:
+    reelpulse_topics.ensure_topics(own_stack, contract.topics())
+    return registry.register_all(own_stack, contract)
+
+
+@pytest.fixture(scope="module")
+def lake_settings(own_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = own_stack
     lake = tmp_path_factory.mktemp("silver-lake")
     return settings.model_copy(update={"lake_dir": str(lake), "spark_master": "local[2]"})
 
