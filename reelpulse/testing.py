@@ -3,9 +3,11 @@ local stack on free ports."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +60,21 @@ def decoded_records(settings: Settings, topic: str) -> list[tuple[bytes | None, 
     deserialize = AvroDeserializer(SchemaRegistryClient(settings.schema_registry_config()))
     context = SerializationContext(topic, MessageField.VALUE)
     return [(m.key(), plain(deserialize(m.value(), context))) for m in read_topic(settings, topic)]
+
+
+@contextlib.contextmanager
+def running_stack(state_dir: Path) -> Iterator[Settings]:
+    """A local stack on free ports, provisioned with every topic and schema of the
+    contract; stopped (no process left) when the block ends."""
+    from reelpulse import registry, stack, topics
+    from reelpulse.contract import Contract
+
+    settings = stack_settings(state_dir)
+    try:
+        stack.up(settings)
+        contract = Contract(settings.schemas_dir)
+        topics.ensure_topics(settings, contract.topics())
+        registry.register_all(settings, contract)
+        yield settings
+    finally:
+        stack.down(settings)

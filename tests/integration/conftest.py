@@ -7,21 +7,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from reelpulse import registry, stack, topics
+from reelpulse import registry, topics
 from reelpulse.contract import Contract
 from reelpulse.settings import Settings
-from reelpulse.testing import stack_settings
+from reelpulse.testing import running_stack
 
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a running local stack, provisioned with every topic and schema."""
-    settings = stack_settings(tmp_path_factory.mktemp("stack"))
-    try:
-        stack.up(settings)
+    with running_stack(tmp_path_factory.mktemp("stack")) as settings:
         yield settings
-    finally:
-        stack.down(settings)
 
 
 @pytest.fixture(scope="session")

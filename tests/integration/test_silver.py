@@ -22,13 +22,13 @@ import pytest
 
 from batch import bronze, dimensions, sessions, silver
 from batch import spark as spark_support
-from reelpulse import registry, stack
+from reelpulse import registry
 from reelpulse import topics as reelpulse_topics
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
 from reelpulse.simulator import DEFAULT_START_MS, SimulationConfig, Simulator, activity, engine
-from reelpulse.testing import stack_settings
+from reelpulse.testing import running_stack
 
 KEY = b"integration-test-pseudonymization-key"
 TIMEOUT = dt.timedelta(minutes=3)  # > the longest silence of a live session (a 2-minute pause)
@@ -46,12 +46,8 @@ TOPICS = ("reelpulse.playback", "reelpulse.catalog", "reelpulse.cdn", "reelpulse
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A stack of this module's own: the checks below compare whole topics with the
     simulator's ground truth, so no other test may have produced into them."""
-    settings = stack_settings(tmp_path_factory.mktemp("silver-stack"))
-    try:
-        stack.up(settings)
+    with running_stack(tmp_path_factory.mktemp("silver-stack")) as settings:
         yield settings
-    finally:
-        stack.down(settings)
 
 
 @pytest.fixture(scope="module")
