@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from batch import spark as spark_support
+from batch.lake import Lake
 from reelpulse import registry
 from reelpulse.contract import Contract, EventType
 from reelpulse.settings import Settings
@@ -34,19 +35,6 @@ log = logging.getLogger("reelpulse.batch.bronze")
 KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "value")
 NOT_WIRE_FORMAT_REASON = "value is not in the Confluent wire format (magic byte 0 + 4-byte schema id)"
 QUARANTINE = "_quarantine"
-
-
-@dataclass(frozen=True)
-class Lake:
-    """Where bronze lives: one Delta table per event type, a quarantine table, checkpoints."""
-
-    root: str
-
-    def table(self, name: str) -> str:
-        return f"{self.root}/bronze/{name}"
-
-    def checkpoint(self, topic: str) -> str:
-        return f"{self.root}/_checkpoints/bronze/{topic}"
 
 
 @dataclass(frozen=True)
@@ -206,9 +194,9 @@ class TopicIngest:
                 writer, rows = self.writers.get(schema_id), valid.where(F.col("_schema_id") == schema_id)
                 self._split(writer, rows, by_event, quarantine, cached)
             for name, frames in sorted(by_event.items()):
-                self._append(self.lake.table(name), _union(frames), f"bronze:{self.topic}:{name}", batch_id)
+                self._append(self.lake.bronze(name), _union(frames), f"bronze:{self.topic}:{name}", batch_id)
             self._append(
-                self.lake.table(QUARANTINE), _union(quarantine), f"bronze:{self.topic}:quarantine", batch_id
+                self.lake.bronze(QUARANTINE), _union(quarantine), f"bronze:{self.topic}:quarantine", batch_id
             )
         finally:
             for frame in cached:

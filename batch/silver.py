@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch import bronze, dimensions, pseudonymize, sessions
+from batch import dimensions, pseudonymize, sessions
 from batch import spark as spark_support
+from batch.lake import Lake
 from reelpulse.contract import Contract, EventType
 from reelpulse.settings import Settings
 
@@ -44,34 +45,18 @@ ENVELOPE_COLUMNS = (
 )  # fmt: skip
 META_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", "_ingested_at")
 LATE = "_late"
-ALLOWED_LATENESS = dt.timedelta(days=3)
-MAX_CLOCK_SKEW = dt.timedelta(days=1)
-SESSION_TIMEOUT = dt.timedelta(minutes=30)
 TOO_LATE = "too_late"
 FUTURE = "future_event_time"
 
 
 @dataclass(frozen=True)
-class Lake:
-    """Where silver lives: one table per event type, derived tables, late events, state."""
-
-    root: str
-
-    def table(self, name: str) -> str:
-        return f"{self.root}/silver/{name}"
-
-    @property
-    def offsets(self) -> str:
-        return f"{self.root}/silver/_state/bronze_offsets"
-
-
-@dataclass(frozen=True)
 class Policy:
-    """How late an event may be, and when a session without a stop is over."""
+    """How late an event may be, and when a session without a stop is over (defaults:
+    the ``REELPULSE_SILVER_*`` settings)."""
 
-    allowed_lateness: dt.timedelta = ALLOWED_LATENESS
-    max_clock_skew: dt.timedelta = MAX_CLOCK_SKEW
-    session_timeout: dt.timedelta = SESSION_TIMEOUT
+    allowed_lateness: dt.timedelta
+    max_clock_skew: dt.timedelta
+    session_timeout: dt.timedelta
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -274,7 +259,7 @@ def process_table(
     rows (from ``cached``, which the caller unpersists) and the new high-water marks."""
     from pyspark.sql import functions as F
 
-    path = lake.table(event.name)
+    path = lake.silver(event.name)
     flat = pseudonymize.pseudonymize(flatten(new, event), pseudonymize.pii_columns(event), key)
     key_columns = keys(event, flat.columns)
     mark = watermark(spark, path)
@@ -287,7 +272,7 @@ def process_table(
     if merged:
         merge_new(spark, path, on_time, key_columns, "event_date")
     if late_count:
-        merge_new(spark, lake.table(LATE), late_rows(late, event, key_columns, mark), LATE_KEY, "event_date")
+        merge_new(spark, lake.silver(LATE), late_rows(late, event, key_columns, mark), LATE_KEY, "event_date")
     marks = {r[0]: r[1] for r in new.groupBy("_kafka_partition").agg(F.max("_kafka_offset")).collect()}
     return TableRun(event, on_time, marks, merged, late_count, cached=rows)
 
@@ -311,18 +296,18 @@ def run(
     many distinct rows were offered to the MERGE (``merged``; a replayed row inserts
     nothing) and how many went to ``_late``."""
     pseudonymize.pads(pseudonymization_key)  # fail before any work on a bad key
-    policy = policy or Policy()
+    policy = policy or Policy.from_settings(settings)
     contract = Contract(settings.schemas_dir)
     spark = spark or spark_support.session(settings, "reelpulse-silver")
-    lake, source = Lake(settings.lake_dir), bronze.Lake(settings.lake_dir)
+    lake = Lake(settings.lake_dir)
     marks = read_offsets(spark, lake)
     runs: list[TableRun] = []
     cached: list[DataFrame] = []
     try:
         for event in contract:
-            if (tables and event.name not in tables) or not _exists(spark, source.table(event.name)):
+            if (tables and event.name not in tables) or not _exists(spark, lake.bronze(event.name)):
                 continue
-            new = new_bronze_rows(spark, source.table(event.name), marks.get(event.name, {}))
+            new = new_bronze_rows(spark, lake.bronze(event.name), marks.get(event.name, {}))
             cached.append(new)
             if new.isEmpty():
                 continue
@@ -351,8 +336,8 @@ def _derive(spark: SparkSession, lake: Lake, runs: list[TableRun], policy: Polic
     """Dimensions and playback sessions from the rows this run merged."""
     new = {done.event.name: done.rows for done in runs}
     if "title" in new:
-        dimensions.refresh_titles(spark, lake.table("title"), lake.table(dimensions.TITLES))
-    dimensions.update(spark, lake.table, new)
+        dimensions.refresh_titles(spark, lake.silver("title"), lake.silver(dimensions.TITLES))
+    dimensions.update(spark, lake.silver, new)
     playback = {name: rows for name, rows in new.items() if name in sessions.PLAYBACK_EVENTS}
     if playback:
-        sessions.update(spark, lake.table, playback, policy.session_timeout)
+        sessions.update(spark, lake.silver, playback, policy.session_timeout)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from batch.lake import LAYERS
+
 if TYPE_CHECKING:
     import duckdb
-
-LAYERS = ("bronze", "silver", "gold")
 
 
 def connect() -> duckdb.DuckDBPyConnection:

@@ -13,6 +13,7 @@ from confluent_kafka import Producer
 
 from batch import bronze, sql
 from batch import spark as spark_support
+from batch.lake import Lake
 from reelpulse import topics
 from reelpulse.contract import Contract, TopicSpec, encode
 from reelpulse.producer import EventProducer
@@ -71,7 +72,7 @@ def ingested(spark, lake_settings: Settings, produced: dict) -> dict:
 
 
 def bronze_ids(spark, settings: Settings, name: str, contract: Contract) -> Counter[str]:
-    table = spark.read.format("delta").load(bronze.Lake(settings.lake_dir).table(name))
+    table = spark.read.format("delta").load(Lake(settings.lake_dir).bronze(name))
     column = "envelope.event_id" if "envelope" in table.columns else "event_id"
     return Counter(row[0] for row in table.select(column).collect())
 
@@ -84,7 +85,7 @@ def test_bronze_holds_exactly_the_produced_events_once(
         landed = bronze_ids(spark, lake_settings, name, contract)
         assert ids <= set(landed), name
         assert {i: n for i, n in landed.items() if i in ids and n != 1} == {}, name
-    titles = spark.read.format("delta").load(bronze.Lake(lake_settings.lake_dir).table("title"))
+    titles = spark.read.format("delta").load(Lake(lake_settings.lake_dir).bronze("title"))
     assert produced["titles"] <= {row.title_id for row in titles.select("title_id").collect()}
 
 
@@ -92,7 +93,7 @@ def test_bad_bytes_are_quarantined_with_reason_and_original_bytes(
     spark, lake_settings: Settings, ingested: dict
 ) -> None:
     produced = ingested
-    quarantine = spark.read.format("delta").load(bronze.Lake(lake_settings.lake_dir).table(bronze.QUARANTINE))
+    quarantine = spark.read.format("delta").load(Lake(lake_settings.lake_dir).bronze(bronze.QUARANTINE))
     rows = {
         bytes(r.original_value): r for r in quarantine.where(f"_kafka_topic = '{GARBAGE_TOPIC}'").collect()
     }
@@ -106,17 +107,17 @@ def test_bad_bytes_are_quarantined_with_reason_and_original_bytes(
 
 def test_a_second_run_adds_nothing(spark, lake_settings: Settings, ingested: dict) -> None:
     produced = ingested
-    lake = bronze.Lake(lake_settings.lake_dir)
-    before = {name: spark.read.format("delta").load(lake.table(name)).count() for name in produced["ids"]}
+    lake = Lake(lake_settings.lake_dir)
+    before = {name: spark.read.format("delta").load(lake.bronze(name)).count() for name in produced["ids"]}
     bronze.run(lake_settings, spark)
-    after = {name: spark.read.format("delta").load(lake.table(name)).count() for name in produced["ids"]}
+    after = {name: spark.read.format("delta").load(lake.bronze(name)).count() for name in produced["ids"]}
     assert after == before
 
 
 def test_duckdb_and_delta_rs_read_what_spark_reads(spark, lake_settings: Settings, ingested: dict) -> None:
     from deltalake import DeltaTable
 
-    path = bronze.Lake(lake_settings.lake_dir).table("playback_heartbeat")
+    path = Lake(lake_settings.lake_dir).bronze("playback_heartbeat")
     spark_count = spark.read.format("delta").load(path).count()
     assert DeltaTable(path).to_pyarrow_table().num_rows == spark_count
     connection = sql.connect()

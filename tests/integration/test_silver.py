@@ -22,6 +22,7 @@ import pytest
 
 from batch import bronze, dimensions, sessions, silver
 from batch import spark as spark_support
+from batch.lake import Lake
 from reelpulse import registry
 from reelpulse import topics as reelpulse_topics
 from reelpulse.contract import Contract
@@ -65,7 +66,13 @@ def schema_ids(own_stack: Settings, contract: Contract) -> dict[str, int]:
 def lake_settings(own_stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = own_stack
     lake = tmp_path_factory.mktemp("silver-lake")
-    return settings.model_copy(update={"lake_dir": str(lake), "spark_master": "local[2]"})
+    return settings.model_copy(
+        update={
+            "lake_dir": str(lake),
+            "spark_master": "local[2]",
+            "silver_session_timeout_minutes": TIMEOUT // dt.timedelta(minutes=1),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,13 +118,12 @@ def produced(lake_settings: Settings, contract: Contract, schema_ids: dict[str, 
 @pytest.fixture(scope="module")
 def built(spark: Any, lake_settings: Settings, produced: dict) -> dict:
     bronze.run(lake_settings, spark, topics=list(TOPICS))
-    policy = silver.Policy(session_timeout=TIMEOUT)
-    silver.run(lake_settings, spark, pseudonymization_key=KEY, policy=policy)
+    silver.run(lake_settings, spark, pseudonymization_key=KEY)
     return produced
 
 
 def read(spark: Any, settings: Settings, name: str) -> Any:
-    return spark.read.format("delta").load(silver.Lake(settings.lake_dir).table(name))
+    return spark.read.format("delta").load(Lake(settings.lake_dir).silver(name))
 
 
 def envelope(record: dict) -> dict:
@@ -209,8 +215,7 @@ def test_dimensions_match_the_catalog_and_edges(spark: Any, lake_settings: Setti
 
 def test_a_second_run_yields_the_same_rows(spark: Any, lake_settings: Settings, built: dict) -> None:
     before = snapshot(spark, lake_settings)
-    policy = silver.Policy(session_timeout=TIMEOUT)
-    silver.run(lake_settings, spark, pseudonymization_key=KEY, policy=policy)
+    silver.run(lake_settings, spark, pseudonymization_key=KEY)
     assert snapshot(spark, lake_settings) == before
 
 

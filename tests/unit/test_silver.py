@@ -19,6 +19,7 @@ import pytest
 
 from batch import dimensions, pseudonymize, sessions, silver
 from batch import spark as spark_support
+from batch.lake import Lake
 from reelpulse.contract import Contract
 from reelpulse.derive import spark_schema
 from reelpulse.settings import Settings
@@ -149,7 +150,7 @@ def title(t: float, duration_s: int) -> dict:
 
 
 def read(spark: Any, settings: Settings, name: str) -> Any:
-    return spark.read.format("delta").load(silver.Lake(settings.lake_dir).table(name))
+    return spark.read.format("delta").load(Lake(settings.lake_dir).silver(name))
 
 
 def snapshot(spark: Any, settings: Settings) -> dict[str, list]:
@@ -402,7 +403,7 @@ def test_rerun_and_replay_yield_the_same_rows(spark: Any, lake_settings: Setting
     before = snapshot(spark, lake_settings)
     assert silver.run(lake_settings, spark, pseudonymization_key=KEY) == {}  # nothing new
     assert snapshot(spark, lake_settings) == before
-    shutil.rmtree(Path(silver.Lake(lake_settings.lake_dir).offsets))  # forget the marks: replay all
+    shutil.rmtree(Path(Lake(lake_settings.lake_dir).offsets))  # forget the marks: replay all
     silver.run(lake_settings, spark, pseudonymization_key=KEY)
     after = snapshot(spark, lake_settings)
     assert after.keys() == before.keys()
