@@ -16,7 +16,9 @@ the next; every write is a MERGE on the table's key, so a replay changes nothing
 Late events: the watermark of a table is its newest ``event_time`` when the run starts.
 An event older than the watermark minus the allowed lateness (3 days by default), or
 more than a day ahead of its Kafka timestamp, is not merged: it goes to
-``silver/_late`` with the reason, so closed event_date partitions stay as published.
+``silver/_late`` with the reason, so closed event_date partitions stay as published. An
+event the table already holds is never late (the replay of a run that died after
+merging it sees a watermark raised by its own rows).
 """
 
 from __future__ import annotations
@@ -272,12 +274,23 @@ def process_table(
     if merged:
         merge_new(spark, path, on_time, key_columns, "event_date")
     if late_count:
+        late = not_in_table(spark, path, late, key_columns)
+        late_count = late.count()
+    if late_count:
         merge_new(spark, lake.silver(LATE), late_rows(late, event, key_columns, mark), LATE_KEY, "event_date")
     marks = {r[0]: r[1] for r in new.groupBy("_kafka_partition").agg(F.max("_kafka_offset")).collect()}
     return TableRun(event, on_time, marks, merged, late_count, cached=rows)
 
 
 LATE_KEY = ("event_type", "event_key")
+
+
+def not_in_table(spark: SparkSession, path: str, rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
+    """Rows whose key the table does not hold. A run that died after merging a table is
+    replayed against a watermark its own rows raised; rows it merged then are not late now."""
+    if not _exists(spark, path):
+        return rows
+    return rows.join(spark.read.format("delta").load(path).select(*key), list(key), "left_anti")
 
 
 def new_bronze_rows(spark: SparkSession, path: str, marks: dict[int, int]) -> DataFrame:

@@ -430,3 +430,25 @@ def test_tables_match_their_contracts(
         assert dtypes[: len(envelope)] == envelope, name
         assert [c for c, _ in dtypes[len(envelope) : -len(meta)]] == own, name
         assert dtypes[-len(meta) :] == meta, name
+
+
+def test_replay_after_a_crash_never_sends_merged_rows_to_late(
+    spark: Any, contract: Contract, tmp_path: Path
+) -> None:
+    """A backfill spanning more than the allowed lateness is merged whole on its first run
+    (no watermark yet). Replaying it, as after a crash before the marks advanced, sees a
+    watermark raised by its own rows: the old rows it already merged must not go to _late."""
+    settings = Settings(lake_dir=str(tmp_path), spark_master="local[1]", spark_shuffle_partitions=2)
+    b = Bronze(spark, settings, contract)
+    b.write("playback_heartbeat", [
+        beat(b, -10 * 86_400, "s-backfill", "u1", 10_000, 10_000),
+        beat(b, 0, "s-now", "u2", 10_000, 10_000),
+    ])  # fmt: skip
+    assert silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"]) == {
+        "playback_heartbeat": {"merged": 2, "late": 0}
+    }
+    before = snapshot(spark, settings)
+    shutil.rmtree(Path(Lake(settings.lake_dir).offsets))  # the crash: marks never advanced
+    silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"])
+    assert snapshot(spark, settings) == before
+    assert not (Path(settings.lake_dir) / "silver" / silver.LATE).exists()
