@@ -37,7 +37,7 @@ NEW_FIELD = {
 }
 
 
-def contract_copy(source: Path, target: Path, *, evolved: bool) -> Path:
+def contract_copy(source: Path, target: Path, evolved: bool) -> Path:
     """The project's schemas with ``search`` on its own topic, optionally with the new field."""
     shutil.copytree(source, target)
     path = target / "search.avsc"
@@ -56,7 +56,10 @@ def versions(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> di
     topics.ensure_topics(settings, [TopicSpec(TOPIC, 3_600_000)])
     return {
         name: settings.model_copy(
-            update={**common, "schemas_dir": contract_copy(settings.schemas_dir, root / name, evolved=evolved)}
+            update={
+                **common,
+                "schemas_dir": contract_copy(settings.schemas_dir, root / name, evolved=evolved),
+            }
         )
         for name, evolved in (("v1", False), ("v2", True))
     }
@@ -112,7 +115,7 @@ def test_a_new_optional_field_becomes_a_column_in_bronze_and_silver(
     expected = {**dict.fromkeys(old), **dict.fromkeys(new, True)}
     assert voice_by_event(spark, lake.bronze("search"), "envelope.event_id") == expected
     assert voice_by_event(spark, lake.silver("search"), "event_id") == expected
-    columns, rows = sql.query(
+    _columns, rows = sql.query(
         versions["v2"].lake_dir, "SELECT voice, count(*) FROM silver.search GROUP BY voice ORDER BY voice"
     )
     assert rows == [(True, len(new)), (None, len(old))]
