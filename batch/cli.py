@@ -1,44 +1,66 @@
-"""``reelpulse lake ...`` and ``reelpulse sql``: build the lake, and ask it questions."""
+"""``reelpulse lake ...``, ``reelpulse sql`` and ``reelpulse forget``: build the lake, keep
+it compact, ask it questions, and erase an account from it."""
 
 from __future__ import annotations
 
 import datetime as dt
-import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
+from batch import maintenance
 from batch import sql as lake_sql
+from batch.lake import LAYERS
+from reelpulse.clitools import run
 from reelpulse.settings import Settings
 
-lake_app = typer.Typer(help="The Delta Lake: build bronze and silver from Kafka.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from batch.erasure import Receipt
+
+lake_app = typer.Typer(
+    help="The Delta Lake: build bronze, silver and gold from Kafka; compact and vacuum its tables.",
+    no_args_is_help=True,
+)
 console = Console()
 
 
 @lake_app.command("build")
+@run
 def build(
-    layer: Annotated[str, typer.Option(help="Build up to this layer: bronze or silver")] = "silver",
+    layer: Annotated[str, typer.Option(help="Build up to this layer: bronze, silver or gold")] = "gold",
 ) -> None:
-    """Ingest what is new in Kafka into bronze, then bring silver up to date (exactly once;
-    a second run with nothing new changes nothing)."""
-    from batch import bronze, silver
+    """Ingest what is new in Kafka into bronze, bring silver up to date and rebuild gold,
+    every silver and gold table through its quality gate (exactly once; a second run with
+    nothing new changes nothing). A failed gate stops the build and names the expectations."""
+    from batch import pipeline
     from batch import spark as spark_support
 
-    if layer not in {"bronze", "silver"}:
-        raise typer.BadParameter("choose bronze or silver", param_hint="--layer")
+    if layer not in pipeline.LAYERS:
+        raise typer.BadParameter(f"choose one of {', '.join(pipeline.LAYERS)}", param_hint="--layer")
     settings = Settings()
-    key = _key(settings) if layer == "silver" else b""
+    if layer != "bronze":
+        _key(settings)
     spark = spark_support.session(settings, "reelpulse-lake")
     try:
-        _timed("bronze", lambda: bronze.run(settings, spark))
-        if layer == "silver":
-            policy = silver.Policy.from_settings(settings)
-            _timed("silver", lambda: silver.run(settings, spark, pseudonymization_key=key, policy=policy))
+        report = pipeline.build(settings, spark, layer)
     finally:
         spark.stop()
+    for name, seconds in report.seconds.items():
+        console.print(f"{name}: done in {seconds:.1f}s")
+    if "gold" in report.results:
+        _print_counts("gold tables (rows)", report.results["gold"])
+    if report.docs:
+        console.print(f"quality gates passed; Data Docs: {report.docs}")
     console.print(f"lake at {settings.lake_dir}; try: reelpulse sql --tables")
+
+
+def _print_counts(title: str, counts: dict[str, int]) -> None:
+    table = Table("table", "rows", title=title)
+    for name, rows in counts.items():
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
 
 
 def _key(settings: Settings) -> bytes:
@@ -49,13 +71,6 @@ def _key(settings: Settings) -> bytes:
         raise typer.Exit(1) from error
 
 
-def _timed(name: str, job: object) -> None:
-    started = time.monotonic()
-    assert callable(job)
-    job()
-    console.print(f"{name}: done in {time.monotonic() - started:.1f}s")
-
-
 def sql_command(
     query: Annotated[str | None, typer.Argument(help="SQL over views like silver.playback_sessions")] = None,
     tables: Annotated[bool, typer.Option("--tables", help="List every table and its columns")] = False,
@@ -63,14 +78,23 @@ def sql_command(
         list[str] | None, typer.Option(help="Time travel: TABLE=VERSION, e.g. silver.login=3")
     ] = None,
     as_of: Annotated[str | None, typer.Option(help="Time travel: every table as of this ISO time")] = None,
+    question: Annotated[
+        str | None, typer.Option(help=f"A named question: {', '.join(lake_sql.QUESTIONS)}")
+    ] = None,
 ) -> None:
     """Run read-only DuckDB SQL over the lake (bronze.*, silver.*, gold.* views)."""
     lake_dir = Settings().lake_dir
     if tables:
         _print_tables(lake_sql.describe(lake_dir))
         return
+    if question is not None:
+        if question not in lake_sql.QUESTIONS:
+            raise typer.BadParameter(
+                f"choose one of {', '.join(lake_sql.QUESTIONS)}", param_hint="--question"
+            )
+        query = lake_sql.QUESTIONS[question]
     if not query:
-        raise typer.BadParameter("give a query, or --tables")
+        raise typer.BadParameter("give a query, --question NAME or --tables")
     travel = lake_sql.TimeTravel(_versions(version or []), _instant(as_of))
     columns, rows = lake_sql.query(lake_dir, query, travel)
     table = Table(*columns)
@@ -102,3 +126,127 @@ def _print_tables(described: dict[str, list[tuple[str, str]]]) -> None:
         for column, kind in columns:
             table.add_row(column, kind)
         console.print(table)
+
+
+# --------------------------------------------------------------------------- maintenance
+
+LayerOption = Annotated[
+    list[str] | None, typer.Option("--layer", help=f"Only this layer ({', '.join(LAYERS)}); repeatable")
+]
+TableOption = Annotated[
+    list[str] | None, typer.Option("--table", help="Only this table, e.g. silver.login; repeatable")
+]
+
+
+@lake_app.command("optimize")
+@run
+def optimize_command(
+    layer: LayerOption = None,
+    table: TableOption = None,
+    zorder: Annotated[
+        list[str] | None,
+        typer.Option(help="Z-order a table by a column: TABLE=COLUMN, e.g. silver.login=user_id"),
+    ] = None,
+) -> None:
+    """Compact small files into large ones (OPTIMIZE); same rows, fewer files."""
+    from batch import spark as spark_support
+
+    settings = Settings()
+    zorder_by = _pairs(zorder or [], "--zorder", "TABLE=COLUMN, e.g. silver.login=user_id")
+    spark = spark_support.session(settings, "reelpulse-optimize")
+    try:
+        results = maintenance.optimize(settings, spark, layer or LAYERS, table, zorder_by)
+    finally:
+        spark.stop()
+    _print_results("optimize", results)
+
+
+@lake_app.command("vacuum")
+@run
+def vacuum_command(
+    retain_hours: Annotated[
+        float, typer.Option(help="Keep the files versions of the last N hours need")
+    ] = maintenance.SAFETY_THRESHOLD_HOURS,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Allow a retention below the safety threshold (only while nothing reads or writes)",
+        ),
+    ] = False,
+    layer: LayerOption = None,
+    table: TableOption = None,
+) -> None:
+    """Delete files no table version within the retention needs (VACUUM); older versions
+    can no longer be read (time travel)."""
+    from batch import spark as spark_support
+
+    settings = Settings()
+    spark = spark_support.session(settings, "reelpulse-vacuum")
+    try:
+        results = maintenance.vacuum(settings, spark, retain_hours, layer or LAYERS, table, force=force)
+    finally:
+        spark.stop()
+    _print_results(f"vacuum, {retain_hours:g} hours retained", results)
+
+
+def _pairs(items: list[str], option: str, example: str) -> dict[str, str]:
+    pairs = dict(item.split("=", 1) for item in items if "=" in item)
+    if len(pairs) != len(items):
+        raise typer.BadParameter(f"use {example}", param_hint=option)
+    return pairs
+
+
+def _print_results(title: str, results: list[maintenance.TableResult]) -> None:
+    table = Table(
+        Column("table", overflow="fold"), "files before", "files after", "deleted from storage", "version",
+        title=title,
+    )  # fmt: skip
+    for r in results:
+        deleted = "-" if r.files_deleted is None else f"{r.files_deleted:,}"
+        table.add_row(r.table, f"{r.files_before:,}", f"{r.files_after:,}", deleted, str(r.version))
+    console.print(table)
+    console.print(f"{len(results)} tables" if results else "no lake tables selected")
+
+
+# --------------------------------------------------------------------------- erasure
+
+
+@run
+def forget_command(
+    user_id: Annotated[str, typer.Argument(help="The account id as clients send it (not the pseudonym)")],
+) -> None:
+    """Erase an account from every lake table (bronze, silver, gold rebuilt), vacuum so no
+    older version can return it, and write an erasure receipt."""
+    from batch import erasure
+    from batch import spark as spark_support
+
+    settings = Settings()
+    key = _key(settings)
+    spark = spark_support.session(settings, "reelpulse-forget")
+    try:
+        receipt = erasure.forget(settings, spark, user_id, pseudonymization_key=key)
+    finally:
+        spark.stop()
+    _print_receipt(receipt)
+
+
+def _print_receipt(receipt: Receipt) -> None:
+    from batch.erasure import NOT_COVERED
+
+    table = Table(
+        Column("table", overflow="fold"), Column("matched by", overflow="fold"), "rows deleted",
+        "version after delete", "after vacuum", title=f"erasure of {receipt.subject[:12]}",
+    )  # fmt: skip
+    for t in receipt.tables:
+        table.add_row(
+            t.table,
+            t.matched_by,
+            f"{t.rows_deleted:,}",
+            str(t.version_after_delete),
+            str(t.version_after_vacuum),
+        )
+    console.print(table)
+    console.print(f"{receipt.rows_deleted:,} rows deleted from {len(receipt.tables)} tables")
+    console.print(f"what the lake cannot erase ({len(NOT_COVERED)} items) is listed in the receipt")
+    console.print(f"receipt: {receipt.path}")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from batch.lake import Audit, unaudited
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -54,8 +56,8 @@ def latest_titles(titles: DataFrame) -> DataFrame:
     )  # fmt: skip
 
 
-def refresh_titles(spark: SparkSession, source: str, target: str) -> None:
-    frame = latest_titles(spark.read.format("delta").load(source))
+def refresh_titles(spark: SparkSession, source: str, target: str, audit: Audit = unaudited) -> None:
+    frame = audit(TITLES, latest_titles(spark.read.format("delta").load(source)))
     frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(target)
 
 
@@ -88,10 +90,10 @@ def summarize(rows: DataFrame, seen: Seen) -> DataFrame:
     return summary.select(seen.key, *columns, "first_seen", "last_seen")
 
 
-def merge_seen(spark: SparkSession, path: str, rows: DataFrame, seen: Seen) -> None:
+def merge_seen(spark: SparkSession, path: str, rows: DataFrame, seen: Seen, audit: Audit = unaudited) -> None:
     from delta.tables import DeltaTable
 
-    summary = summarize(rows, seen)
+    summary = audit(seen.name, summarize(rows, seen))
     if not DeltaTable.isDeltaTable(spark, path):
         summary.write.format("delta").save(path)
         return
@@ -118,12 +120,14 @@ def _sighting(alias: str, time: str, columns: tuple[str, ...]) -> str:
     return f"struct({', '.join(f'{alias}.{c}' for c in (time, *columns))})"
 
 
-def update(spark: SparkSession, table: Callable[[str], str], new: dict[str, DataFrame]) -> None:
+def update(
+    spark: SparkSession, table: Callable[[str], str], new: dict[str, DataFrame], audit: Audit = unaudited
+) -> None:
     """MERGE this run's sightings into users, devices and CDN edges."""
     rows = sightings(new)
     for seen in SEEN:
         if seen.name in rows:
-            merge_seen(spark, table(seen.name), rows[seen.name], seen)
+            merge_seen(spark, table(seen.name), rows[seen.name], seen, audit)
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

@@ -4,13 +4,29 @@
 ``<root>/_checkpoints`` the streaming checkpoints, ``<root>/_audit`` batches held by the
 quality gates, ``<root>/_quality`` validation results and Data Docs, ``<root>/_erasure``
 erasure receipts. ``root`` is a local path or an ``s3a://`` URI.
+
+:func:`tables` lists the Delta tables found under a local root.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from reelpulse.errors import ReelpulseError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 LAYERS = ("bronze", "silver", "gold")
+AUDIT = "_audit"
+
+
+class LakeLocationError(ReelpulseError, ValueError):
+    """The lake is not on a file system this code can list."""
 
 
 @dataclass(frozen=True)
@@ -54,3 +70,64 @@ class Lake:
     def erasure(self) -> str:
         """Erasure receipts written by ``reelpulse forget``."""
         return f"{self.root}/_erasure"
+
+
+@dataclass(frozen=True)
+class LakeTable:
+    """One Delta table: its layer, its name under the layer (``_state/bronze_offsets`` for a
+    nested one), its path, and whether it is a batch held by a quality gate (``_audit``)."""
+
+    layer: str
+    name: str
+    path: str
+    audit: bool = False
+
+    @property
+    def qualified(self) -> str:
+        """``silver.playback_sessions``; ``_audit.silver.dim_users`` for a held batch."""
+        return f"{AUDIT}.{self.layer}.{self.name}" if self.audit else f"{self.layer}.{self.name}"
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a lake location (a path or a ``file:`` URI)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return Path(parsed.path if parsed.scheme else uri)
+    raise LakeLocationError(
+        f"{uri} is not on the local file system: listing tables and writing receipts need a local lake"
+    )
+
+
+def tables(root: str, *, audit: bool = False) -> list[LakeTable]:
+    """Every Delta table under ``root``, layer by layer and by name, nested ones included
+    (``silver/_state/bronze_offsets``); with ``audit``, also the batches held under ``_audit``."""
+    base = local_path(root)
+    found = [LakeTable(layer, name, path) for layer in LAYERS for name, path in _walk(base / layer)]
+    if audit:
+        for layer in LAYERS:
+            found += [LakeTable(layer, name, path, True) for name, path in _walk(base / AUDIT / layer)]
+    return found
+
+
+def _walk(directory: Path, prefix: str = "") -> list[tuple[str, str]]:
+    """``(name, path)`` of the Delta tables in ``directory``: a folder with a ``_delta_log`` is
+    a table (not searched further), any other folder is searched for tables."""
+    if not directory.is_dir():
+        return []
+    found = []
+    for child in sorted(p for p in directory.iterdir() if p.is_dir()):
+        if (child / "_delta_log").is_dir():
+            found.append((f"{prefix}{child.name}", str(child)))
+        else:
+            found += _walk(child, f"{prefix}{child.name}/")
+    return found
+
+
+# A table's rows on their way into the lake pass through an audit (the quality gate's
+# write-audit-publish): it returns the rows to write, or raises and nothing is written.
+Audit = Callable[[str, "DataFrame"], "DataFrame"]
+
+
+def unaudited(table: str, frame: DataFrame) -> DataFrame:
+    """The audit of a job run without quality gates: the rows as they are."""
+    return frame

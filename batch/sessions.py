@@ -24,6 +24,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from batch.lake import Audit, unaudited
+
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -154,6 +156,7 @@ def update(
     table: Callable[[str], str],
     new: dict[str, DataFrame],
     timeout: dt.timedelta,
+    audit: Audit = unaudited,
 ) -> None:
     """Recompute the sessions touched by ``new`` playback rows, and every session still
     open, from all their silver events; MERGE them into ``playback_sessions``."""
@@ -169,7 +172,7 @@ def update(
         affected = affected.unionByName(still_open)
     as_of = every.agg(F.max("event_time")).collect()[0][0]
     events = every.join(F.broadcast(affected.distinct()), "session_id", "left_semi")
-    rows = sessionize(events, _titles(spark, table), timeout, as_of)
+    rows = audit(SESSIONS, sessionize(events, _titles(spark, table), timeout, as_of))
     if not _exists(spark, path):
         rows.write.format("delta").partitionBy("started_date").save(path)
         return

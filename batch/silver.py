@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch import dimensions, pseudonymize, sessions
 from batch import spark as spark_support
-from batch.lake import Lake
+from batch.lake import Audit, Lake, unaudited
 from reelpulse.contract import Contract, EventType
 from reelpulse.settings import Settings
 
@@ -256,6 +256,7 @@ def process_table(
     new: DataFrame,
     key: bytes,
     policy: Policy,
+    audit: Audit = unaudited,
 ) -> TableRun:
     """New bronze rows of one event type into silver and ``_late``; returns the on-time
     rows (from ``cached``, which the caller unpersists) and the new high-water marks."""
@@ -272,6 +273,7 @@ def process_table(
     counts: dict[bool, int] = dict(rows.groupBy(F.col("_late_reason").isNull()).count().collect())
     merged, late_count = counts.get(True, 0), counts.get(False, 0)
     if merged:
+        on_time = audit(event.name, on_time)
         merge_new(spark, path, on_time, key_columns, "event_date")
     if late_count:
         late = not_in_table(spark, path, late, key_columns)
@@ -304,10 +306,12 @@ def run(
     pseudonymization_key: bytes,
     policy: Policy | None = None,
     tables: list[str] | None = None,
+    audit: Audit = unaudited,
 ) -> dict[str, Any]:
     """Bring silver up to date with bronze. Returns, per table with new bronze rows, how
     many distinct rows were offered to the MERGE (``merged``; a replayed row inserts
-    nothing) and how many went to ``_late``."""
+    nothing) and how many went to ``_late``. ``audit`` sees every table's rows before they
+    are written (the quality gate): when it raises, the run stops and the marks stay."""
     pseudonymize.pads(pseudonymization_key)  # fail before any work on a bad key
     policy = policy or Policy.from_settings(settings)
     contract = Contract(settings.schemas_dir)
@@ -325,7 +329,7 @@ def run(
             if new.isEmpty():
                 continue
             started = time.monotonic()
-            done = process_table(spark, lake, event, new, pseudonymization_key, policy)
+            done = process_table(spark, lake, event, new, pseudonymization_key, policy, audit)
             cached.append(done.cached)
             runs.append(done)
             log.info(
@@ -333,7 +337,7 @@ def run(
                 event.name, done.merged, done.late, time.monotonic() - started,
             )  # fmt: skip
         started = time.monotonic()
-        _derive(spark, lake, runs, policy)
+        _derive(spark, lake, runs, policy, audit)
         log.info("silver: sessions and dimensions in %.1fs", time.monotonic() - started)
         for done in runs:
             marks[done.event.name] = {**marks.get(done.event.name, {}), **done.marks}
@@ -345,12 +349,12 @@ def run(
     return {done.event.name: {"merged": done.merged, "late": done.late} for done in runs}
 
 
-def _derive(spark: SparkSession, lake: Lake, runs: list[TableRun], policy: Policy) -> None:
+def _derive(spark: SparkSession, lake: Lake, runs: list[TableRun], policy: Policy, audit: Audit) -> None:
     """Dimensions and playback sessions from the rows this run merged."""
     new = {done.event.name: done.rows for done in runs}
     if "title" in new:
-        dimensions.refresh_titles(spark, lake.silver("title"), lake.silver(dimensions.TITLES))
-    dimensions.update(spark, lake.silver, new)
+        dimensions.refresh_titles(spark, lake.silver("title"), lake.silver(dimensions.TITLES), audit)
+    dimensions.update(spark, lake.silver, new, audit)
     playback = {name: rows for name, rows in new.items() if name in sessions.PLAYBACK_EVENTS}
     if playback:
-        sessions.update(spark, lake.silver, playback, policy.session_timeout)
+        sessions.update(spark, lake.silver, playback, policy.session_timeout, audit)

@@ -10,13 +10,31 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch.lake import LAYERS
+from batch import lake
 
 if TYPE_CHECKING:
     import duckdb
+
+
+# Questions people ask of gold, by name (``reelpulse sql --question NAME``). "Yesterday" is
+# the day before the newest day in the lake, so a backfill of any period has one.
+QUESTIONS = {
+    "top-titles-yesterday": """
+        SELECT title_id, title_name, round(sum(watch_hours), 3) AS watch_hours,
+               sum(unique_viewers) AS viewers, round(avg(completion_rate), 3) AS completion_rate
+        FROM gold.title_engagement_daily
+        WHERE event_date = (SELECT max(event_date) FROM gold.title_engagement_daily) - INTERVAL 1 DAY
+        GROUP BY ALL ORDER BY watch_hours DESC, title_id LIMIT 10""",
+    "edges-by-rebuffer-ratio": """
+        SELECT cdn_edge,
+               round(sum(rebuffer_hours) / nullif(sum(watch_hours) + sum(rebuffer_hours), 0), 4)
+                   AS rebuffer_ratio,
+               sum(sessions) AS sessions, round(sum(watch_hours), 1) AS watch_hours
+        FROM gold.playback_quality_daily
+        GROUP BY cdn_edge ORDER BY rebuffer_ratio DESC NULLS LAST, cdn_edge""",
+}
 
 
 def connect() -> duckdb.DuckDBPyConnection:
@@ -39,13 +57,9 @@ class TimeTravel:
 
 
 def lake_tables(lake_dir: str) -> dict[str, str]:
-    """Qualified view name -> table path for every Delta table of the lake."""
-    root = Path(lake_dir)
-    tables = {}
-    for layer in LAYERS:
-        for log in sorted((root / layer).glob("*/_delta_log")):
-            tables[f"{layer}.{log.parent.name}"] = str(log.parent)
-    return tables
+    """Qualified view name -> table path for every Delta table directly under a layer
+    (nested tables such as ``silver/_state/bronze_offsets`` have no view)."""
+    return {t.qualified: t.path for t in lake.tables(lake_dir) if "/" not in t.name}
 
 
 def lake_connection(lake_dir: str, travel: TimeTravel | None = None) -> duckdb.DuckDBPyConnection:

@@ -14,7 +14,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batch.cli import lake_app, sql_command
+from batch.cli import forget_command, lake_app, sql_command
 from collector.cli import collector_app
 from reelpulse import registry, stack, topics
 from reelpulse.clitools import run
@@ -37,6 +37,7 @@ app.add_typer(import_app, name="import")
 app.add_typer(collector_app, name="collector")
 app.add_typer(lake_app, name="lake")
 app.command("sql")(sql_command)
+app.command("forget")(forget_command)
 app.add_typer(streams_app, name="streams")
 app.add_typer(alerts_app, name="alerts")
 console = Console()
@@ -71,9 +72,17 @@ def _contract(settings: Settings) -> Contract:
 @app.command()
 @run
 def setup() -> None:
-    """Fetch Kafka and the schema registry from Maven Central (once; cached in the state dir)."""
-    for name, path in stack.setup(_settings()).items():
+    """Fetch Kafka, the schema registry and Spark's connectors from Maven Central (once;
+    cached in the state dir), and give the local lake a pseudonymization key in ./.env."""
+    settings = _settings()
+    for name, path in stack.setup(settings).items():
         console.print(f"{name}: {path}")
+    env_file = Path(".env")
+    if stack.ensure_pseudonymization_key(settings, env_file):
+        console.print(
+            f"pseudonymization key: generated into {env_file.resolve()} "
+            "(keep it: silver's pseudonyms depend on it)"
+        )
 
 
 @app.command()

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -33,7 +34,7 @@ import psutil
 from confluent_kafka.admin import AdminClient
 
 from reelpulse.errors import StackError
-from reelpulse.settings import PROJECT_ROOT, Settings
+from reelpulse.settings import ENV_PREFIX, PROJECT_ROOT, Settings
 
 log = logging.getLogger("reelpulse.stack")
 
@@ -146,6 +147,23 @@ def setup(settings: Settings) -> dict[str, Path]:
     """Fetch every JVM component: the broker, the registry and Spark's connectors."""
     java(settings)
     return {name: fetch_jars(settings, name) for name in MAVEN_GOALS}
+
+
+PSEUDONYMIZATION_KEY_VARIABLE = f"{ENV_PREFIX}SILVER_PSEUDONYMIZATION_KEY"
+
+
+def ensure_pseudonymization_key(settings: Settings, env_file: Path) -> bool:
+    """Give a local lake its pseudonymization key: unless one is set already, append a
+    random 256-bit key to ``env_file`` (created owner-only), which the settings read.
+    Returns whether a key was written. Keep the file: another key, other pseudonyms."""
+    if settings.silver_pseudonymization_key is not None:
+        return False
+    if env_file.exists() and PSEUDONYMIZATION_KEY_VARIABLE in env_file.read_text():
+        return False
+    descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a") as out:
+        out.write(f"{PSEUDONYMIZATION_KEY_VARIABLE}={secrets.token_hex(32)}\n")
+    return True
 
 
 # --------------------------------------------------------------------------- services

@@ -10,14 +10,12 @@ The calendar: Monday 2025-01-06 to Thursday 2025-01-16; the newest event (a sear
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batch import gold, silver
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse.contract import Contract
 from reelpulse.derive import spark_schema
@@ -37,20 +35,6 @@ def day(d: int) -> dt.date:
 def utc(collected: dt.datetime | None) -> dt.datetime | None:
     """A timestamp Spark returned (naive, in the driver's local zone) as aware UTC."""
     return None if collected is None else collected.astimezone(dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    lake = tmp_path_factory.mktemp("lake")
-    return Settings(lake_dir=str(lake), spark_master="local[1]", spark_shuffle_partitions=2)
-
-
-@pytest.fixture(scope="module")
-def spark(lake_settings: Settings) -> Iterator[Any]:
-    session = spark_support.session(lake_settings, "reelpulse-unit-gold")
-    session.conf.set("spark.databricks.delta.snapshotPartitions", "2")
-    yield session
-    session.stop()
 
 
 # --- silver rows in silver's shapes ----------------------------------------------------------

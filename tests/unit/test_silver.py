@@ -11,14 +11,12 @@ import datetime as dt
 import hashlib
 import hmac
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batch import dimensions, pseudonymize, sessions, silver
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse.contract import Contract
 from reelpulse.derive import spark_schema
@@ -38,20 +36,6 @@ def at(seconds: float) -> dt.datetime:
 def seconds(collected: dt.datetime) -> float:
     """Seconds after T0 of a timestamp Spark returned (naive, in the driver's local zone)."""
     return collected.timestamp() - T0.timestamp()
-
-
-@pytest.fixture(scope="module")
-def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    lake = tmp_path_factory.mktemp("lake")
-    return Settings(lake_dir=str(lake), spark_master="local[1]", spark_shuffle_partitions=2)
-
-
-@pytest.fixture(scope="module")
-def spark(lake_settings: Settings) -> Iterator[Any]:
-    session = spark_support.session(lake_settings, "reelpulse-unit-silver")
-    session.conf.set("spark.databricks.delta.snapshotPartitions", "2")  # as delta's own test utils
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

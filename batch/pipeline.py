@@ -1,0 +1,138 @@
+"""The lake build: bronze, then silver, then gold, every silver and gold table through its
+quality gate (write-audit-publish), then the Data Docs.
+
+``build`` is what ``reelpulse lake build`` runs; each step is also a function of its own
+(``bronze_step``, ``silver_step``, ``gold_step``) for schedulers that run them as tasks.
+A step whose gate fails raises :class:`batch.quality.QualityGateFailed` after rebuilding
+the Data Docs: the batch stays under ``_audit``, the published tables are unchanged, and
+for silver the high-water marks stay where they were, so the next run retries it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from batch import bronze, gold, quality, silver
+from batch.lake import Audit, Lake
+from reelpulse.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("reelpulse.batch.pipeline")
+
+LAYERS = ("bronze", "silver", "gold")
+# Checks every gold table gets besides its contract's (see gold.yml, policies.quality_gates).
+GOLD_VOLUME = {quality.VOLUME: {"min_ratio": 0.5, "runs": 5}}
+FRESHNESS_SLACK = dt.timedelta(days=1)
+DATE_COLUMNS = ("event_date", "started_date")
+
+
+@dataclass
+class BuildReport:
+    """What one build did: per layer its result and seconds, and where the Data Docs are."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    docs: str = ""
+
+
+def build(settings: Settings, spark: SparkSession, up_to: str = "gold") -> BuildReport:
+    """Run the layers in order up to ``up_to`` (bronze, silver or gold)."""
+    if up_to not in LAYERS:
+        raise ValueError(f"unknown layer {up_to!r}: choose one of {', '.join(LAYERS)}")
+    key = settings.pseudonymization_key() if up_to != "bronze" else b""  # fail before any work
+    report = BuildReport()
+    _timed(report, "bronze", lambda: bronze_step(settings, spark))
+    if up_to == "bronze":
+        return report
+    gate = quality.Gate(settings, spark)
+    try:
+        _timed(report, "silver", lambda: silver_step(settings, spark, gate, key))
+        if up_to == "gold":
+            _timed(report, "gold", lambda: gold_step(settings, spark, gate))
+    finally:
+        report.docs = gate.build_docs()
+    return report
+
+
+def _timed(report: BuildReport, layer: str, step: Callable[[], Any]) -> None:
+    started = time.monotonic()
+    report.results[layer] = step()
+    report.seconds[layer] = time.monotonic() - started
+    log.info("lake build: %s in %.1fs", layer, report.seconds[layer])
+
+
+def bronze_step(settings: Settings, spark: SparkSession) -> dict[str, Any]:
+    return bronze.run(settings, spark)
+
+
+def silver_step(settings: Settings, spark: SparkSession, gate: quality.Gate, key: bytes) -> dict[str, Any]:
+    """Silver with every table's new rows audited before they are merged."""
+    result = silver.run(
+        settings, spark, pseudonymization_key=key, policy=silver.Policy.from_settings(settings),
+        audit=silver_audit(gate),
+    )  # fmt: skip
+    gate.release("silver")
+    return result
+
+
+def silver_audit(gate: quality.Gate) -> Audit:
+    contract = silver.load_contract()
+
+    def audit(table: str, frame: Any) -> Any:
+        return gate.audit("silver", table, frame, quality.contract_expectations(contract, table))
+
+    return audit
+
+
+def gold_step(settings: Settings, spark: SparkSession, gate: quality.Gate) -> dict[str, int]:
+    """Gold rebuilt from silver, each table published only when its gate passes."""
+    return gold.run(settings, spark, publish=gold_publish(gate, spark, Lake(settings.lake_dir)))
+
+
+def gold_gated(settings: Settings, spark: SparkSession) -> dict[str, int]:
+    """Gold rebuilt through its gates by a gate of its own (e.g. after an erasure)."""
+    gate = quality.Gate(settings, spark)
+    try:
+        return gold_step(settings, spark, gate)
+    finally:
+        gate.build_docs()
+
+
+def gold_publish(gate: quality.Gate, spark: SparkSession, lake: Lake) -> gold.Publish:
+    contract = gold.load_contract()
+
+    def publish(name: str, frame: Any) -> None:
+        table = gold.TABLES[name]
+        expectations = [*quality.contract_expectations(contract, name), GOLD_VOLUME]
+        newest = newest_input_date(spark, lake, table)
+        if "event_date" in frame.columns and newest is not None:
+            since = (newest - FRESHNESS_SLACK).isoformat()
+            expectations.append({quality.FRESHNESS: {"column": "event_date", "not_older_than": since}})
+        gate.publish_overwrite("gold", name, frame, table.partitioning, expectations=expectations)
+
+    return publish
+
+
+def newest_input_date(spark: SparkSession, lake: Lake, table: gold.GoldTable) -> dt.date | None:
+    """The newest date in the silver tables ``table`` is built from (partition columns)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    newest: list[dt.date] = []
+    for name in table.inputs:
+        path = lake.silver(name)
+        if not DeltaTable.isDeltaTable(spark, path):
+            continue
+        frame = spark.read.format("delta").load(path)
+        columns = [c for c in DATE_COLUMNS if c in frame.columns]
+        if columns:
+            value = frame.agg(F.max(columns[0])).collect()[0][0]
+            newest += [value] if value is not None else []
+    return max(newest) if newest else None
