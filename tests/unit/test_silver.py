@@ -436,3 +436,28 @@ def test_replay_after_a_crash_never_sends_merged_rows_to_late(
     silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"])
     assert snapshot(spark, settings) == before
     assert not (Path(settings.lake_dir) / "silver" / silver.LATE).exists()
+
+
+def test_a_session_batch_failing_its_gate_is_held_and_the_marks_stay(
+    spark: Any, contract: Contract, tmp_path: Path
+) -> None:
+    """Write-audit-publish in silver: a stop before its start gives a session that ends
+    before it starts. The playback_sessions gate rejects the batch, which stays under
+    _audit; no session is published and the marks do not advance, so the next run retries."""
+    from batch import pipeline, quality
+
+    settings = Settings(lake_dir=str(tmp_path), spark_master="local[2]", spark_shuffle_partitions=2)
+    b = Bronze(spark, settings, contract)
+    b.write("title", [title(-86_400, 3600)])
+    b.write("playback_start", [start(b, 600, "s-backwards", "u1")])
+    b.write("playback_stop", [stop(b, 0, "s-backwards", "u1", 0, "USER_EXIT")])
+    gate = quality.Gate(settings, spark)
+    with pytest.raises(quality.QualityGateFailed) as failed:
+        silver.run(settings, spark, pseudonymization_key=KEY, audit=pipeline.silver_audit(gate))
+    assert failed.value.table == "playback_sessions"
+    assert any("ended_at" in line for line in failed.value.failed)
+    lake = Lake(settings.lake_dir)
+    held = spark.read.format("delta").load(lake.audit("silver", "playback_sessions")).collect()
+    assert [row.session_id for row in held] == ["s-backwards"]
+    assert not Path(lake.silver(sessions.SESSIONS)).exists()
+    assert not Path(lake.offsets).exists()
