@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SECONDS ?= 60
+HISTORY_S ?= 129600
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo up down status simulate test test-unit test-integration lint bench clean
@@ -22,9 +23,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv with pinned dependencies and fetch the JVM parts from Maven Central
 	$(BIN)/reelpulse setup
 
-demo: install ## Install, start Kafka + registry, simulate $(SECONDS)s of traffic, show status
+demo: install ## Install, start the stack, backfill history + $(SECONDS)s of live traffic, build the lake, ask it
 	$(BIN)/reelpulse up
+	$(BIN)/reelpulse simulate --no-pace --duration $(HISTORY_S) --rate 3 --users 2000 --seed 11 \
+		--incident edge_outage:3600:14400 --truth artifacts/demo/history-truth.json
 	$(BIN)/reelpulse simulate --duration $(SECONDS) --truth artifacts/demo/truth.json
+	$(BIN)/reelpulse lake build
+	$(BIN)/reelpulse sql --question top-titles-yesterday
+	$(BIN)/reelpulse sql --question edges-by-rebuffer-ratio
 	$(BIN)/reelpulse status
 
 up: install ## Start the local stack
@@ -54,10 +60,11 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## Producer vs ProducerPerformance; collector vs producer; Faust worker vs bare loop
+bench: install ## Producer vs ProducerPerformance; collector vs producer; Faust vs bare loop; lake vs raw copy, DuckDB vs Spark
 	$(BIN)/python -m benchmarks.producer
 	$(BIN)/python -m benchmarks.collector
 	$(BIN)/python -m benchmarks.streams
+	$(BIN)/python -m benchmarks.lake
 
 clean: down ## Stop the stack and delete its state (topics, schemas, logs)
 	rm -rf .reelpulse/kafka .reelpulse/run .reelpulse/logs
