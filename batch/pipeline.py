@@ -107,32 +107,33 @@ def gold_gated(settings: Settings, spark: SparkSession) -> dict[str, int]:
 
 def gold_publish(gate: quality.Gate, spark: SparkSession, lake: Lake) -> gold.Publish:
     contract = gold.load_contract()
+    newest: dict[str, dt.date | None] = {}  # per silver input, read once per run
 
     def publish(name: str, frame: Any) -> None:
         table = gold.TABLES[name]
         expectations = [*quality.contract_expectations(contract, name), GOLD_VOLUME]
-        newest = newest_input_date(spark, lake, table)
-        if "event_date" in frame.columns and newest is not None:
-            since = (newest - FRESHNESS_SLACK).isoformat()
+        for source in table.inputs:
+            if source not in newest:
+                newest[source] = newest_date(spark, lake.silver(source))
+        dates = [d for source in table.inputs if (d := newest[source]) is not None]
+        if "event_date" in frame.columns and dates:
+            since = (max(dates) - FRESHNESS_SLACK).isoformat()
             expectations.append({quality.FRESHNESS: {"column": "event_date", "not_older_than": since}})
         gate.publish_overwrite("gold", name, frame, table.partitioning, expectations=expectations)
 
     return publish
 
 
-def newest_input_date(spark: SparkSession, lake: Lake, table: gold.GoldTable) -> dt.date | None:
-    """The newest date in the silver tables ``table`` is built from (partition columns)."""
+def newest_date(spark: SparkSession, path: str) -> dt.date | None:
+    """The newest date of a silver table (its date partition column), None when it has none."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    newest: list[dt.date] = []
-    for name in table.inputs:
-        path = lake.silver(name)
-        if not DeltaTable.isDeltaTable(spark, path):
-            continue
-        frame = spark.read.format("delta").load(path)
-        columns = [c for c in DATE_COLUMNS if c in frame.columns]
-        if columns:
-            value = frame.agg(F.max(columns[0])).collect()[0][0]
-            newest += [value] if value is not None else []
-    return max(newest) if newest else None
+    if not DeltaTable.isDeltaTable(spark, path):
+        return None
+    frame = spark.read.format("delta").load(path)
+    columns = [c for c in DATE_COLUMNS if c in frame.columns]
+    if not columns:
+        return None
+    value = frame.agg(F.max(columns[0])).collect()[0][0]
+    return value if isinstance(value, dt.date) else None

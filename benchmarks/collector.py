@@ -55,7 +55,7 @@ from benchmarks.producer import (
 )
 from collector import keys
 from collector.batch import INTERNAL_TYPES
-from collector.testing import device_events
+from collector.testing import NotReady, device_events, wait_ready
 from reelpulse import registry, topics
 from reelpulse.contract import Contract, encode
 from reelpulse.settings import PROJECT_ROOT, Settings
@@ -286,7 +286,10 @@ def running_collector(
             command, env=collector_env(settings, keys_file), stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}", server, log_path)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", server)
+        except NotReady as error:
+            raise BenchmarkError(f"{error}; see {log_path}") from error
         yield server, key
     finally:
         server.terminate()
@@ -295,20 +298,6 @@ def running_collector(
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-
-
-def _wait_ready(url: str, server: subprocess.Popen[bytes], log_path: Path, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise BenchmarkError(f"collector exited with {server.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise BenchmarkError(f"collector not ready after {timeout_s}s; see {log_path}")
 
 
 def device_topic_counts(settings: Settings, contract: Contract) -> dict[str, int]:

@@ -1,12 +1,16 @@
 """Helpers for tests of the collector and of code that posts to it: an in-memory sink,
-a key file with one client, and simulator traffic timed around now."""
+a key file with one client, simulator traffic timed around now, waiting for a served
+collector, and a Hypothesis strategy of arbitrary JSON values."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from collector import keys
 from collector.batch import INTERNAL_TYPES, Record
@@ -73,3 +77,39 @@ def device_events(
 def batch(events: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """The request body for ``events``."""
     return {"events": [{"type": name, "event": record} for name, record in events]}
+
+
+class NotReady(RuntimeError):
+    """A served collector exited, or did not answer ``/readyz`` in time."""
+
+
+def wait_ready(url: str, server: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    """Poll ``url``/readyz until it answers 200; raise :class:`NotReady` when the server
+    process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise NotReady(f"collector exited with {server.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise NotReady(f"collector not ready after {timeout_s}s")
+
+
+def json_values(max_leaves: int) -> Any:
+    """Hypothesis strategy: any JSON value (integers beyond 64 bits signed included), nested
+    up to ``max_leaves`` leaves. Hypothesis is a test dependency, imported here only."""
+    from hypothesis import strategies as st
+
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=max_leaves,
+    )

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from reelpulse import registry, topics
+from reelpulse import registry
 from reelpulse.contract import Contract
 from reelpulse.settings import Settings
 from reelpulse.testing import running_stack
@@ -27,5 +27,5 @@ def contract(settings: Settings) -> Contract:
 
 @pytest.fixture(scope="session")
 def schema_ids(settings: Settings, contract: Contract) -> dict[str, int]:
-    topics.ensure_topics(settings, contract.topics())
-    return registry.register_all(settings, contract)
+    """The ids the stack registered when it started (``running_stack`` provisions it)."""
+    return registry.lookup_ids(settings, contract)

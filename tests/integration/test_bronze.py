@@ -5,14 +5,12 @@ reason, a second run adds nothing, and DuckDB and delta-rs see what Spark sees."
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from batch import bronze, sql
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse import topics
 from reelpulse.contract import Contract, TopicSpec, encode
@@ -31,13 +29,6 @@ GARBAGE = {
 def lake_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     lake = tmp_path_factory.mktemp("lake")
     return settings.model_copy(update={"lake_dir": str(lake), "spark_master": "local[2]"})
-
-
-@pytest.fixture(scope="module")
-def spark(lake_settings: Settings) -> Iterator[object]:
-    session = spark_support.session(lake_settings, "reelpulse-tests")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from typer.testing import CliRunner
 from collector.app import create_app
 from collector.client import CollectorClient
 from collector.keys import KeyStore
-from collector.testing import batch, device_events, key_file
+from collector.testing import NotReady, batch, device_events, json_values, key_file, wait_ready
 from reelpulse import stack, topics
 from reelpulse.cli import app as cli
 from reelpulse.contract import Contract, decode
@@ -245,7 +244,11 @@ def test_uvicorn_workers_take_the_simulators_traffic(
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, server)
+        try:
+            wait_ready(url, server, timeout_s=30.0)
+        except NotReady as error:
+            server.terminate()
+            raise AssertionError(f"{error}: {server.communicate(timeout=30)[0].decode()}") from error
         result = CliRunner().invoke(
             cli,
             [
@@ -272,29 +275,7 @@ def test_uvicorn_workers_take_the_simulators_traffic(
     assert server.returncode == 0, output
 
 
-def wait_ready(url: str, server: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"collector exited: {server.communicate()[0].decode()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("collector not ready in time")
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
-    max_leaves=8,
-)
+JSON_VALUES = json_values(max_leaves=8)
 FUZZ_EVENTS = batch(device_events(100, seed=35))["events"]
 
 
@@ -302,10 +283,10 @@ FUZZ_EVENTS = batch(device_events(100, seed=35))["events"]
 def fuzz_bodies(draw: st.DrawFn) -> bytes:
     """Any JSON, or real events with one field changed to any JSON value."""
     if draw(st.booleans()):
-        return orjson.dumps(draw(json_values))
+        return orjson.dumps(draw(JSON_VALUES))
     events = [dict(e) for e in draw(st.lists(st.sampled_from(FUZZ_EVENTS), min_size=1, max_size=4))]
     record = dict(events[0]["event"])
-    record[draw(st.sampled_from([*record, "extra"]))] = draw(json_values)
+    record[draw(st.sampled_from([*record, "extra"]))] = draw(JSON_VALUES)
     return orjson.dumps({"events": [{**events[0], "event": record}, *events[1:]]})
 
 

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from batch import lake
 from batch import sql as lake_sql
 from batch.lake import Lake
-from reelpulse import registry, topics
+from reelpulse import registry
 from reelpulse.cli import app as cli
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
@@ -63,8 +63,7 @@ def lake_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings
 @pytest.fixture(scope="module")
 def simulated(lake_settings: Settings) -> Simulator:
     contract = Contract(lake_settings.schemas_dir)
-    topics.ensure_topics(lake_settings, contract.topics())
-    ids = registry.register_all(lake_settings, contract)
+    ids = registry.lookup_ids(lake_settings, contract)  # running_stack provisioned the stack
     simulator = Simulator(CONFIG)
     with EventProducer(lake_settings, contract, schema_ids=ids) as producer:
         producer.produce_all(("title", t) for t in simulator.catalog())

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batch import bronze, silver, sql
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse import registry, topics
 from reelpulse.contract import Contract, TopicSpec
@@ -63,13 +61,6 @@ def versions(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> di
         )
         for name, evolved in (("v1", False), ("v2", True))
     }
-
-
-@pytest.fixture(scope="module")
-def spark(versions: dict[str, Settings]) -> Iterator[Any]:
-    session = spark_support.session(versions["v1"], "reelpulse-tests-evolution")
-    yield session
-    session.stop()
 
 
 def searches(seed: int, count: int) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
 from batch import bronze, silver
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
@@ -48,13 +47,6 @@ def lake_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
             "silver_pseudonymization_key": SecretStr(KEY),
         }
     )
-
-
-@pytest.fixture(scope="module")
-def spark(lake_settings: Settings) -> Iterator[Any]:
-    session = spark_support.session(lake_settings, "reelpulse-tests-kill")
-    yield session
-    session.stop()
 
 
 @pytest.fixture(scope="module")

@@ -21,10 +21,8 @@ from typing import Any
 import pytest
 
 from batch import bronze, dimensions, sessions, silver
-from batch import spark as spark_support
 from batch.lake import Lake
 from reelpulse import registry
-from reelpulse import topics as reelpulse_topics
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
 from reelpulse.settings import Settings
@@ -58,8 +56,7 @@ def contract(own_stack: Settings) -> Contract:
 
 @pytest.fixture(scope="module")
 def schema_ids(own_stack: Settings, contract: Contract) -> dict[str, int]:
-    reelpulse_topics.ensure_topics(own_stack, contract.topics())
-    return registry.register_all(own_stack, contract)
+    return registry.lookup_ids(own_stack, contract)  # running_stack registered them
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +70,6 @@ def lake_settings(own_stack: Settings, tmp_path_factory: pytest.TempPathFactory)
             "silver_session_timeout_minutes": TIMEOUT // dt.timedelta(minutes=1),
         }
     )
-
-
-@pytest.fixture(scope="module")
-def spark(lake_settings: Settings) -> Iterator[Any]:
-    session = spark_support.session(lake_settings, "reelpulse-tests-silver")
-    session.conf.set("spark.databricks.delta.snapshotPartitions", "2")
-    yield session
-    session.stop()
 
 
 def simulate() -> tuple[Simulator, list[tuple[str, dict]], list[Any]]:

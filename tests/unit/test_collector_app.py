@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from collector.app import create_app
 from collector.keys import KeyStore
-from collector.testing import MemorySink, batch, device_events, fake_schema_ids, key_file
+from collector.testing import MemorySink, batch, device_events, fake_schema_ids, json_values, key_file
 from reelpulse.contract import Contract
 from reelpulse.settings import Settings
 from reelpulse.testing import free_port
@@ -201,15 +201,7 @@ def test_a_burst_smaller_than_a_batch_is_refused_at_start() -> None:
 
 # --------------------------------------------------------------------------- fuzz
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=12,
-)
+JSON_VALUES = json_values(max_leaves=12)
 event_types = st.sampled_from([*{n for n, _ in EVENTS}, "title", "nope"]) | st.text(max_size=5)
 
 
@@ -220,16 +212,16 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "bytes":
         return draw(st.binary(max_size=300))
     if kind == "json":
-        return orjson.dumps(draw(json_values), option=orjson.OPT_NON_STR_KEYS)
+        return orjson.dumps(draw(JSON_VALUES), option=orjson.OPT_NON_STR_KEYS)
     if kind == "items":
-        items = draw(st.lists(st.fixed_dictionaries({"type": event_types, "event": json_values}), max_size=5))
+        items = draw(st.lists(st.fixed_dictionaries({"type": event_types, "event": JSON_VALUES}), max_size=5))
         return orjson.dumps({"events": items})
     events = [
         dict(e) for e in draw(st.lists(st.sampled_from(batch(EVENTS)["events"]), min_size=1, max_size=5))
     ]
     index = draw(st.integers(0, len(events) - 1))
     record = dict(events[index]["event"])
-    record[draw(st.sampled_from([*record, "extra"]))] = draw(json_values)
+    record[draw(st.sampled_from([*record, "extra"]))] = draw(JSON_VALUES)
     events[index] = {**events[index], "event": record}
     return orjson.dumps({"events": events})
 
