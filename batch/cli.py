@@ -1,5 +1,6 @@
-"""``reelpulse lake ...``, ``reelpulse sql`` and ``reelpulse forget``: build the lake, keep
-it compact, ask it questions, and erase an account from it."""
+"""``reelpulse lake ...``, ``reelpulse sql``, ``reelpulse forget`` and ``reelpulse experiments
+...``: build the lake, keep it compact, ask it questions, erase an account from it, and
+report A/B experiments."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from batch import maintenance
+from batch import maintenance, recommendations
 from batch import sql as lake_sql
 from batch.lake import LAYERS
 from reelpulse.clitools import run
 from reelpulse.settings import Settings
 
 if TYPE_CHECKING:
+    from batch import experiments as experiments_module
     from batch.erasure import Receipt
 
 lake_app = typer.Typer(
@@ -250,3 +252,136 @@ def _print_receipt(receipt: Receipt) -> None:
     console.print(f"{receipt.rows_deleted:,} rows deleted from {len(receipt.tables)} tables")
     console.print(f"what the lake cannot erase ({len(NOT_COVERED)} items) is listed in the receipt")
     console.print(f"receipt: {receipt.path}")
+
+
+@lake_app.command("products")
+@run
+def products_command() -> None:
+    """Train, evaluate and publish recommendations (gold.recommendations and
+    gold.recommendation_evaluations, an HTML evaluation report), once gold is built."""
+    from batch import pipeline
+    from batch import spark as spark_support
+
+    settings = Settings()
+    spark = spark_support.session(settings, "reelpulse-products")
+    try:
+        result = pipeline.products(settings, spark)
+    finally:
+        spark.stop()
+    _print_evaluation(result.recommendations)
+    console.print(f"recommendation report: {result.recommendations.report}")
+
+
+def _print_evaluation(result: recommendations.Result) -> None:
+    base = result.evaluated[recommendations.BASELINE].test["ndcg_at_k"]
+    table = Table("model", "params", "nDCG@10", "vs popularity", "P@10", "R@10", "MAP@10", "coverage")
+    for e in result.evaluated.values():
+        name = f"[bold]{e.model} (published)[/]" if e.model == result.published else e.model
+        lift = f"{(e.test['ndcg_at_k'] / base - 1) * 100:+.0f}%" if base else "n/a"
+        rest = (f"{e.test[m]:.4f}" for m in ("precision_at_k", "recall_at_k", "map_at_k"))
+        coverage = f"{e.test['catalog_coverage']:.2f}"
+        table.add_row(name, str(e.params), f"{e.test['ndcg_at_k']:.4f}", lift, *rest, coverage)
+    console.print(table)
+
+
+def recommend_command(
+    user_id: Annotated[str, typer.Argument(help="The account id (as the events carry it)")],
+    pseudonymized: Annotated[
+        bool, typer.Option("--pseudonymized", help="USER_ID is already the lake's pseudonym")
+    ] = False,
+) -> None:
+    """Show a user's published recommendations (gold.recommendations) with title names."""
+    from batch.erasure import pseudonym
+
+    settings = Settings()
+    subject = user_id if pseudonymized else pseudonym(user_id, _key(settings))
+    try:
+        columns, rows = recommendations.for_user(settings.lake_dir, subject)
+    except recommendations.NoFeedback as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    if not rows:
+        console.print(f"[red]no recommendations for {user_id}[/red]: the lake has never seen this account")
+        raise typer.Exit(1)
+    table = Table(*columns, title=f"recommendations for {user_id}")
+    for row in rows:
+        table.add_row(*(str(value) for value in row))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- experiments
+
+experiments_app = typer.Typer(
+    help="A/B experiments: results and HTML reports from gold experiment_user_metrics.",
+    no_args_is_help=True,
+)
+
+
+@experiments_app.command("report")
+@run
+def experiments_report(
+    experiment_id: Annotated[str | None, typer.Argument(help="One experiment (default: every one)")] = None,
+) -> None:
+    """Analyse experiments (SRM, Welch / two-proportion, CUPED, Holm and BH, always-valid
+    mSPRT), publish gold experiment_results through its quality gate and write one HTML
+    report per experiment under <lake>/_reports/experiments/."""
+    from batch import experiments
+    from batch import spark as spark_support
+
+    settings = Settings()
+    experiments.check_request(settings.lake_dir, experiment_id)  # before Spark starts
+    spark = spark_support.session(settings, "reelpulse-experiments")
+    try:
+        reports = experiments.run(
+            settings, spark, experiments=None if experiment_id is None else [experiment_id]
+        )
+    finally:
+        spark.stop()
+    for report in reports.values():
+        _print_experiment(report)
+    if not reports:
+        console.print("no experiments in gold experiment_user_metrics yet")
+
+
+def _print_experiment(report: experiments_module.Report) -> None:
+    analysis = report.analysis
+    verdict = "[red bold]FAILED: do not trust these results[/]" if analysis.srm.failed else "[green]passed[/]"
+    console.rule(f"experiment {analysis.experiment_id} (exposed through {analysis.data_through})")
+    console.print(f"SRM {verdict}: {analysis.srm.message}")
+    for variant in analysis.treatments:
+        console.print(_experiment_table(analysis, variant))
+    for note in analysis.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    console.print(f"report: {report.html or 'not written (the lake is not on local disk)'}")
+
+
+def _experiment_table(analysis: experiments_module.Analysis, variant: str) -> Table:
+    from batch.experiments import number, p_text, percent_text
+
+    table = Table(
+        "metric", "method", "control", "treatment", "relative lift [CI]", "p", "p_holm", "significant",
+        title=f"{variant} vs {analysis.control} (headline rows)",
+    )  # fmt: skip
+    for r in (r for r in analysis.results if r.variant == variant and r.headline):
+        e = r.effect
+        low, high = (percent_text(b) for b in e.relative_ci)
+        mark = {"better": "[green]yes, better[/]", "worse": "[red]yes, worse[/]"}.get(r.outcome, "no")
+        table.add_row(
+            r.metric.name, r.method, number(e.control_mean), number(e.treatment_mean),
+            f"{percent_text(e.relative_lift)} [{low}, {high}]", p_text(e.p_value), p_text(r.p_holm), mark,
+        )  # fmt: skip
+    return table
+
+
+@experiments_app.command("list")
+@run
+def experiments_list() -> None:
+    """Experiments in gold experiment_user_metrics and their exposed users per variant (DuckDB)."""
+    from batch import experiments
+
+    columns, rows = experiments.exposures(Settings().lake_dir)
+    table = Table(*columns, title="experiments (gold experiment_user_metrics)")
+    for row in rows:
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
+    console.print(table)
+    console.print(f"{len({row[0] for row in rows})} experiments")

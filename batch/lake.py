@@ -3,7 +3,8 @@
 ``<root>/{bronze,silver,gold}/<table>`` are the Delta tables people read;
 ``<root>/_checkpoints`` the streaming checkpoints, ``<root>/_audit`` batches held by the
 quality gates, ``<root>/_quality`` validation results and Data Docs, ``<root>/_erasure``
-erasure receipts. ``root`` is a local path or an ``s3a://`` URI.
+erasure receipts, ``<root>/_reports`` rendered reports (recommendations, A/B
+experiments). ``root`` is a local path or an ``s3a://`` URI.
 
 :func:`tables` lists the Delta tables found under a local root.
 """
@@ -70,6 +71,10 @@ class Lake:
     def erasure(self) -> str:
         """Erasure receipts written by ``reelpulse forget``."""
         return f"{self.root}/_erasure"
+
+    def reports(self, kind: str) -> str:
+        """Rendered reports of one kind (``recommendations``, ``experiments``): HTML, not tables."""
+        return f"{self.root}/_reports/{kind}"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ quality gate (write-audit-publish), then the Data Docs.
 
 ``build`` is what ``reelpulse lake build`` runs; each step is also a function of its own
 (``bronze_step``, ``silver_step``, ``gold_step``) for schedulers that run them as tasks.
+``products`` (``reelpulse lake products``) then publishes what gold feeds:
+recommendations (``recommendations_step``) and A/B reports (``experiments_step``).
 A step whose gate fails raises :class:`batch.quality.QualityGateFailed` after rebuilding
 the Data Docs: the batch stays under ``_audit``, the published tables are unchanged, and
 for silver the high-water marks stay where they were, so the next run retries it.
@@ -94,6 +96,46 @@ def silver_audit(gate: quality.Gate) -> Audit:
 def gold_step(settings: Settings, spark: SparkSession, gate: quality.Gate) -> dict[str, int]:
     """Gold rebuilt from silver, each table published only when its gate passes."""
     return gold.run(settings, spark, publish=gold_publish(gate, spark, Lake(settings.lake_dir)))
+
+
+def experiments_step(settings: Settings, spark: SparkSession, gate: quality.Gate) -> dict[str, Any]:
+    """A/B experiment results (``batch/experiments.py``) from gold experiment_user_metrics,
+    published through the gate with gold's volume check, and their HTML reports; skipped
+    while gold has no experiment_user_metrics yet."""
+    from batch import experiments
+
+    if not experiments.source_exists(spark, Lake(settings.lake_dir)):
+        log.info("experiments: skipped, gold/%s does not exist yet", experiments.SOURCE)
+        return {}
+    return experiments.run(settings, spark, publish=experiments.gated(gate, GOLD_VOLUME))
+
+
+def recommendations_step(settings: Settings, spark: SparkSession, gate: quality.Gate) -> Any:
+    """Recommendations tuned, evaluated and published (``batch/recommendations.py``)."""
+    from batch import recommendations
+
+    return recommendations.run(settings, spark, gate=gate)
+
+
+@dataclass
+class ProductsReport:
+    """What ``products`` published: the recommendation run and the experiment results."""
+
+    recommendations: Any
+    experiments: dict[str, Any]
+    docs: str = ""
+
+
+def products(settings: Settings, spark: SparkSession) -> ProductsReport:
+    """What the lake feeds, once gold is built: recommendations, then the A/B reports,
+    each through its gates; then the Data Docs."""
+    gate = quality.Gate(settings, spark)
+    try:
+        recommended = recommendations_step(settings, spark, gate)
+        reports = experiments_step(settings, spark, gate)
+    finally:
+        docs = gate.build_docs()
+    return ProductsReport(recommended, reports, docs)
 
 
 def gold_gated(settings: Settings, spark: SparkSession) -> dict[str, int]:
