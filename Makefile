@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## Create .venv with pinned dependencies and fetch the JVM parts from Maven Central
 	$(BIN)/reelpulse setup
 
-demo: install ## Install, start the stack, backfill history + $(SECONDS)s of live traffic, build the lake, ask it
+demo: install ## Install, start the stack, backfill history + $(SECONDS)s of live traffic, build the lake, ask it, publish recommendations and A/B reports, run the DAGs in Airflow
 	$(BIN)/reelpulse up
 	$(BIN)/reelpulse simulate --no-pace --duration $(HISTORY_S) --rate 3 --users 2000 --seed 11 \
 		--incident edge_outage:3600:14400 --truth artifacts/demo/history-truth.json
@@ -31,12 +31,16 @@ demo: install ## Install, start the stack, backfill history + $(SECONDS)s of liv
 	$(BIN)/reelpulse lake build
 	$(BIN)/reelpulse sql --question top-titles-yesterday
 	$(BIN)/reelpulse sql --question edges-by-rebuffer-ratio
+	$(BIN)/reelpulse lake products
+	$(BIN)/reelpulse recommend user-000001
+	$(BIN)/reelpulse airflow up
+	$(BIN)/reelpulse airflow trigger --wait
 	$(BIN)/reelpulse status
 
 up: install ## Start the local stack
 	$(BIN)/reelpulse up
 
-down: ## Stop the local stack (data is kept)
+down: ## Stop the local stack and Airflow (data is kept)
 	$(BIN)/reelpulse down
 
 status: ## Services, topics and consumer-group lag
@@ -60,11 +64,13 @@ lint: $(STAMP) ## ruff and mypy
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-bench: install ## Producer vs ProducerPerformance; collector vs producer; Faust vs bare loop; lake vs raw copy, DuckDB vs Spark
+bench: install ## Producer vs ProducerPerformance; collector vs producer; Faust vs bare loop; lake vs raw copy, DuckDB vs Spark; A/B reports vs pandas + scipy; recommenders vs popularity
 	$(BIN)/python -m benchmarks.producer
 	$(BIN)/python -m benchmarks.collector
 	$(BIN)/python -m benchmarks.streams
 	$(BIN)/python -m benchmarks.lake
+	$(BIN)/python -m benchmarks.experiments
+	$(BIN)/python -m benchmarks.recommendations
 
 clean: down ## Stop the stack and delete its state (topics, schemas, logs)
 	rm -rf .reelpulse/kafka .reelpulse/run .reelpulse/logs

@@ -1,11 +1,17 @@
 """The Spark session of the lake jobs: Delta enabled, connectors from the jar cache,
-sized for a small machine. Built only when a job asks for it, never at import."""
+sized for a small machine. Built only when a job asks for it, never at import.
+
+:func:`session_config` is every option the session gets, as a plain dict: a local master
+binds the driver to loopback; a cluster (``spark://...``, as in docker-compose) lets Spark
+pick an address its executors can reach; a lake on S3 or MinIO (``s3a://``) adds Hadoop's
+S3A options from the ``s3_*`` settings and the S3A jars (see jvm/spark-s3/pom.xml)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 from reelpulse import stack
 from reelpulse.settings import Settings
@@ -14,6 +20,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 VERSION_SUFFIX = re.compile(r"-\d[\w.\-]*\.jar$")
+S3_COMPATIBLE_REGION = "us-east-1"
 
 
 def connector_jars(settings: Settings) -> list[Path]:
@@ -21,7 +28,9 @@ def connector_jars(settings: Settings) -> list[Path]:
     import pyspark
 
     shipped = {_artifact(p.name) for p in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
-    fetched = stack.fetch_jars(settings, "spark").glob("*.jar")
+    fetched = list(stack.fetch_jars(settings, "spark").glob("*.jar"))
+    if stack.lake_on_s3(settings):
+        fetched += stack.fetch_jars(settings, stack.S3_COMPONENT).glob("*.jar")
     return sorted(p for p in fetched if _artifact(p.name) not in shipped)
 
 
@@ -33,27 +42,61 @@ def session(settings: Settings, app_name: str = "reelpulse") -> SparkSession:
     """A SparkSession with Delta, the Kafka source and Avro; UI off, few shuffle partitions."""
     from pyspark.sql import SparkSession
 
-    jars = ",".join(str(p) for p in connector_jars(settings))
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .master(settings.spark_master)
-        .config("spark.jars", jars)
-        .config("spark.driver.memory", settings.spark_driver_memory)
-        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
-        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
-        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.driver.host", "127.0.0.1")
-        .config("spark.driver.bindAddress", "127.0.0.1")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
-        .config("spark.databricks.delta.schema.autoMerge.enabled", "false")
-        .config("spark.databricks.delta.snapshotPartitions", "2")  # small tables, few cores
-    )
+    builder = SparkSession.builder.appName(app_name).master(settings.spark_master)
+    for key, value in session_config(settings, connector_jars(settings)).items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session_config(settings: Settings, jars: list[Path]) -> dict[str, str]:
+    """Every option of the lake jobs' session, from the settings and the connector jars."""
+    config = {
+        "spark.jars": ",".join(str(p) for p in jars),
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.streaming.stopGracefullyOnShutdown": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.databricks.delta.snapshotPartitions": "2",  # small tables, few cores
+    }
+    if settings.spark_master.startswith("local"):
+        # Nothing outside this machine talks to a local driver. A cluster's executors
+        # connect back to the driver, so there Spark picks a reachable address itself.
+        config["spark.driver.host"] = "127.0.0.1"
+        config["spark.driver.bindAddress"] = "127.0.0.1"
+    return config | s3a_config(settings)
+
+
+def s3a_config(settings: Settings) -> dict[str, str]:
+    """Hadoop's S3A options for a lake on S3 or MinIO; none unless the lake is ``s3a://``
+    or an ``s3_*`` setting is given. Static keys when set, else S3A's default chain."""
+    if not (stack.lake_on_s3(settings) or settings.s3_endpoint_url or settings.s3_access_key_id):
+        return {}
+    s3a = "spark.hadoop.fs.s3a."
+    config = {
+        f"{s3a}impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        f"{s3a}path.style.access": str(settings.s3_path_style_access).lower(),
+    }
+    if settings.s3_endpoint_url:
+        config[f"{s3a}endpoint"] = settings.s3_endpoint_url
+        endpoint = urlparse(settings.s3_endpoint_url)
+        config[f"{s3a}connection.ssl.enabled"] = str(endpoint.scheme == "https").lower()
+        if not (endpoint.hostname or "").endswith(".amazonaws.com"):
+            # MinIO and other S3-compatible stores: the region MinIO answers to by default;
+            # an AWS endpoint names its own region.
+            config[f"{s3a}endpoint.region"] = S3_COMPATIBLE_REGION
+    if settings.s3_access_key_id:
+        secret = settings.s3_secret_access_key
+        config[f"{s3a}access.key"] = settings.s3_access_key_id
+        config[f"{s3a}secret.key"] = secret.get_secret_value() if secret else ""
+        config[f"{s3a}aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+    return config
 
 
 def kafka_options(settings: Settings) -> dict[str, str]:

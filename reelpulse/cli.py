@@ -14,9 +14,9 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batch.cli import forget_command, lake_app, sql_command
+from batch.cli import experiments_app, forget_command, lake_app, recommend_command, sql_command
 from collector.cli import collector_app
-from reelpulse import registry, stack, topics
+from reelpulse import airflow, registry, stack, topics
 from reelpulse.clitools import run
 from reelpulse.contract import Contract
 from reelpulse.producer import EventProducer
@@ -36,12 +36,15 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(import_app, name="import")
 app.add_typer(collector_app, name="collector")
 app.add_typer(lake_app, name="lake")
+app.add_typer(experiments_app, name="experiments")
 app.command("sql")(sql_command)
 app.command("forget")(forget_command)
+app.command("recommend")(recommend_command)
 app.add_typer(streams_app, name="streams")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(airflow.airflow_app, name="airflow")
 console = Console()
-QUIET_LOGGERS = ("httpx", "httpx2")
+QUIET_LOGGERS = ("httpx", "httpx2", "great_expectations")  # GX logs its setup at INFO
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -71,14 +74,24 @@ def _contract(settings: Settings) -> Contract:
 
 @app.command()
 @run
-def setup() -> None:
+def setup(
+    with_s3: Annotated[
+        bool,
+        typer.Option(
+            "--with-s3", help="Also fetch S3A and the AWS SDK (about 700 MB; implied by an s3a:// lake)"
+        ),
+    ] = False,
+    lake_key: Annotated[
+        bool, typer.Option(help="Give the local lake a pseudonymization key in ./.env if it has none")
+    ] = True,
+) -> None:
     """Fetch Kafka, the schema registry and Spark's connectors from Maven Central (once;
     cached in the state dir), and give the local lake a pseudonymization key in ./.env."""
     settings = _settings()
-    for name, path in stack.setup(settings).items():
+    for name, path in stack.setup(settings, with_s3).items():
         console.print(f"{name}: {path}")
     env_file = Path(".env")
-    if stack.ensure_pseudonymization_key(settings, env_file):
+    if lake_key and stack.ensure_pseudonymization_key(settings, env_file):
         console.print(
             f"pseudonymization key: generated into {env_file.resolve()} "
             "(keep it: silver's pseudonyms depend on it)"
@@ -100,6 +113,14 @@ def up() -> None:
     )
 
 
+@app.command("provision")
+@run
+def provision_command() -> None:
+    """Create topics and register schemas on services already running (docker-compose's
+    init job, a remote cluster); `up` does the same after starting the local stack."""
+    provision(_settings())
+
+
 def provision(settings: Settings) -> None:
     """Create the contract's topics and register every schema (both idempotent)."""
     contract = _contract(settings)
@@ -114,8 +135,9 @@ def provision(settings: Settings) -> None:
 @app.command()
 @run
 def down() -> None:
-    """Stop the local stack; data stays in the state dir for the next `up`."""
-    stopped = stack.down(_settings())
+    """Stop the local stack (and Airflow, if it runs); data stays in the state dir for the next `up`."""
+    settings = _settings()
+    stopped = (["airflow"] if airflow.stop(settings) else []) + stack.down(settings)
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 

@@ -108,6 +108,21 @@ class Settings(BaseSettings):
     streams_web_port: int = Field(6066, ge=1, le=65535, description="Port of a worker's web endpoints.")
     streams_rules: Path | None = Field(None, description="Rules file; default: streams/rules.toml.")
 
+    # Orchestration (dags/: Airflow 3)
+    airflow_home: Path | None = Field(
+        None, description="AIRFLOW_HOME of `reelpulse airflow`; default: <state dir>/airflow."
+    )
+    airflow_port: int = Field(8088, ge=1, le=65535, description="Port of the Airflow UI and API server.")
+    airflow_dags_dir: Path = Field(PROJECT_ROOT / "dags", description="The DAG folder Airflow parses.")
+
+    # Object storage for an s3a:// lake (MinIO in docker-compose, or S3)
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint, e.g. http://minio:9000; default: AWS S3."
+    )
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_path_style_access: bool = Field(True, description="Path-style URLs, as MinIO needs.")
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _bootstrap_not_empty(cls, value: str) -> str:

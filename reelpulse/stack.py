@@ -46,7 +46,10 @@ MAVEN_GOALS = {
     "kafka": "dependency:copy-dependencies",
     "registry": "dependency:copy",
     "spark": "dependency:copy-dependencies",
+    "spark-s3": "dependency:copy-dependencies",
 }
+# S3A and the AWS SDK bundle (about 700 MB): fetched only for a lake on S3 or MinIO.
+S3_COMPONENT = "spark-s3"
 KAFKA_LOG4J = """\
 status = warn
 appender.console.type = Console
@@ -143,10 +146,22 @@ def _unpack(archive: Path, target: Path) -> None:
     archive.unlink()
 
 
-def setup(settings: Settings) -> dict[str, Path]:
-    """Fetch every JVM component: the broker, the registry and Spark's connectors."""
+def lake_on_s3(settings: Settings) -> bool:
+    """Whether the lake is an ``s3a://`` URI (S3 or MinIO), which needs the S3A jars."""
+    return settings.lake_dir.startswith("s3a://")
+
+
+def components(settings: Settings, with_s3: bool = False) -> list[str]:
+    """The JVM components to fetch: all but S3A, unless asked for or the lake is on S3."""
+    wanted = with_s3 or lake_on_s3(settings)
+    return [name for name in MAVEN_GOALS if name != S3_COMPONENT or wanted]
+
+
+def setup(settings: Settings, with_s3: bool = False) -> dict[str, Path]:
+    """Fetch the JVM components: the broker, the registry, Spark's connectors and, for a
+    lake on S3 (or ``with_s3``), S3A with the AWS SDK."""
     java(settings)
-    return {name: fetch_jars(settings, name) for name in MAVEN_GOALS}
+    return {name: fetch_jars(settings, name) for name in components(settings, with_s3)}
 
 
 PSEUDONYMIZATION_KEY_VARIABLE = f"{ENV_PREFIX}SILVER_PSEUDONYMIZATION_KEY"

@@ -1,0 +1,89 @@
+"""The lake jobs' Spark options, built as a plain dict (no Spark started): loopback for a
+local master, a reachable driver for a cluster, S3A for a lake on MinIO or S3, and the S3A
+jars only for such a lake, at the Hadoop version the pyspark wheel ships."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from xml.etree import ElementTree
+
+import pyspark
+import pytest
+
+from batch.spark import s3a_config, session_config
+from reelpulse import stack
+from reelpulse.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+
+S3A = "spark.hadoop.fs.s3a."
+MINIO = {
+    "lake_dir": "s3a://reelpulse-lake/lake",
+    "s3_endpoint_url": "http://minio:9000",
+    "s3_access_key_id": "reelpulse-lake",
+    "s3_secret_access_key": "not-a-real-secret",
+}
+
+
+@pytest.fixture
+def plain(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Settings without any environment or .env file."""
+    for name in [n for n in os.environ if n.startswith(ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    return Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_lake_on_minio_gets_s3a_with_static_keys(plain: Settings) -> None:
+    settings = Settings(_env_file=None, spark_master="spark://spark-master:7077", **MINIO)  # type: ignore[call-arg]
+    config = session_config(settings, [Path("/jars/a.jar"), Path("/jars/b.jar")])
+    assert config[f"{S3A}impl"] == "org.apache.hadoop.fs.s3a.S3AFileSystem"
+    assert config[f"{S3A}endpoint"] == "http://minio:9000"
+    assert config[f"{S3A}access.key"] == "reelpulse-lake"
+    assert config[f"{S3A}secret.key"] == "not-a-real-secret"
+    assert config[f"{S3A}path.style.access"] == "true"
+    assert config[f"{S3A}connection.ssl.enabled"] == "false"
+    assert config[f"{S3A}endpoint.region"] == "us-east-1"
+    assert config[f"{S3A}aws.credentials.provider"].endswith("SimpleAWSCredentialsProvider")
+    assert config["spark.jars"] == "/jars/a.jar,/jars/b.jar"
+    assert config["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    # Executors on the cluster connect back to the driver: never pinned to loopback there.
+    assert "spark.driver.host" not in config
+    assert "spark.driver.bindAddress" not in config
+
+
+def test_aws_s3_keeps_its_region_and_default_credentials(plain: Settings) -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        lake_dir="s3a://lake-bucket/lake",
+        s3_endpoint_url="https://s3.eu-west-1.amazonaws.com",
+        s3_path_style_access=False,
+    )
+    config = s3a_config(settings)
+    assert config[f"{S3A}connection.ssl.enabled"] == "true"
+    assert config[f"{S3A}path.style.access"] == "false"
+    assert f"{S3A}endpoint.region" not in config
+    assert f"{S3A}access.key" not in config  # S3A's own provider chain (roles, env, profile)
+    assert f"{S3A}aws.credentials.provider" not in config
+
+
+def test_a_local_lake_gets_no_s3a_and_a_loopback_driver(plain: Settings) -> None:
+    config = session_config(plain, [])
+    assert not [key for key in config if key.startswith(S3A)]
+    assert config["spark.driver.host"] == config["spark.driver.bindAddress"] == "127.0.0.1"
+    assert config["spark.sql.shuffle.partitions"] == str(plain.spark_shuffle_partitions)
+
+
+def test_the_s3a_jars_are_fetched_only_for_a_lake_on_s3(plain: Settings) -> None:
+    assert stack.S3_COMPONENT not in stack.components(plain)
+    assert stack.S3_COMPONENT in stack.components(plain, with_s3=True)
+    on_minio = Settings(_env_file=None, **MINIO)  # type: ignore[call-arg]
+    assert stack.S3_COMPONENT in stack.components(on_minio)
+    assert {"kafka", "registry", "spark"} <= set(stack.components(plain))
+
+
+def test_hadoop_aws_matches_the_hadoop_in_the_pyspark_wheel() -> None:
+    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
+    pom = ElementTree.parse(PROJECT_ROOT / "jvm" / stack.S3_COMPONENT / "pom.xml")
+    version = pom.findtext("m:properties/m:hadoop.version", namespaces=namespace)
+    shipped = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    assert shipped, "the pyspark wheel no longer ships hadoop-client-api"
+    assert shipped[0].name == f"hadoop-client-api-{version}.jar"
