@@ -310,26 +310,32 @@ def synthesize(
 
 class MemorySampler(TreeSampler):
     """``TreeSampler`` (peak RSS of the process tree) that also keeps the peak of its
-    anonymous memory (Linux ``RssAnon``: heaps, stacks, off-heap buffers), which leaves
-    out the file pages a process maps, such as the shuffle and jar files Spark reads."""
+    anonymous memory (Linux ``RssAnon``: heaps, stacks, off-heap buffers; not the file pages
+    a process maps) and, at the RSS peak, each process's RSS and anonymous memory."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(pid)
         self.peak_anon = 0
+        self.at_peak: list[dict[str, Any]] = []
 
-    def anon(self) -> int:
-        total = 0
+    def sample(self) -> list[dict[str, Any]]:
+        found = []
         for process in self.processes():
-            with suppress(OSError), open(f"/proc/{process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("RssAnon:"):
-                        total += int(line.split()[1]) * 1024
-        return total
+            with suppress(psutil.Error, OSError):
+                rss, anon = process.memory_info().rss, 0
+                with open(f"/proc/{process.pid}/status") as status:
+                    anon = next((int(x.split()[1]) * 1024 for x in status if x.startswith("RssAnon:")), 0)
+                command = " ".join(process.cmdline()[:3])[:80]
+                found.append({"pid": process.pid, "command": command, "rss": rss, "anon": anon})
+        return found
 
     def run(self) -> None:
         while not self._stop_event.wait(RSS_SAMPLE_S):
-            self.peak_rss = max(self.peak_rss, self.rss())
-            self.peak_anon = max(self.peak_anon, self.anon())
+            found = self.sample()
+            rss = sum(p["rss"] for p in found)
+            if rss > self.peak_rss:
+                self.peak_rss, self.at_peak = rss, found
+            self.peak_anon = max(self.peak_anon, sum(p["anon"] for p in found))
 
 
 class Timeline(logging.Handler):
@@ -393,6 +399,7 @@ class Job:
     peak_rss: int
     peak_anon: int
     steps: list[dict[str, Any]]
+    at_peak: list[dict[str, Any]]  # the processes at the RSS peak
 
 
 def run_job(settings: Settings, spark: SparkSession, grid: dict[str, Any]) -> Job:
@@ -415,7 +422,11 @@ def run_job(settings: Settings, spark: SparkSession, grid: dict[str, Any]) -> Jo
             job_log.setLevel(level)
             job_log.propagate = propagate
             peak = sampler.finish()
-    return Job(result, end[0], end[1], peak, sampler.peak_anon, steps(timeline.lines, end))
+    at_peak = [
+        {"pid": p["pid"], "command": p["command"], "rss_mib": p["rss"] / MIB, "anon_mib": p["anon"] / MIB}
+        for p in sampler.at_peak
+    ]
+    return Job(result, end[0], end[1], peak, sampler.peak_anon, steps(timeline.lines, end), at_peak)
 
 
 # --------------------------------------------------------------------------- taste recovery
@@ -566,6 +577,13 @@ def report(out: dict[str, Any]) -> None:
         f"{out['driver_memory']}; load average {out['load_before'][0]:.1f} before, "
         f"{out['load_after'][0]:.1f} after, on {out['cpus']} CPUs"
     )
+    parts: dict[str, float] = {}
+    for process in out.get("processes_at_peak_rss", []):
+        command = process["command"]
+        kind = "Spark JVM" if "java" in command else "PySpark workers" if "pyspark" in command else "Python"
+        parts[kind] = parts.get(kind, 0.0) + process["rss_mib"]
+    if parts:
+        console.print("at the RSS peak: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in parts.items()))
     if out["code_changed_during_run"]:
         console.print(
             "[yellow]batch/recommendations.py, ranking.py or the contract changed during the run[/]"
@@ -633,6 +651,7 @@ def run(
         "steps": job.steps,
         "peak_rss_mib": job.peak_rss / MIB,
         "peak_anon_rss_mib": job.peak_anon / MIB,
+        "processes_at_peak_rss": job.at_peak,
         "recovery": taste,
         "driver_memory": settings.spark_driver_memory,
         "spark_master": settings.spark_master,
