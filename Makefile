@@ -7,6 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SECONDS ?= 60
 HISTORY_S ?= 129600
+AIRFLOW_SECONDS ?= 30
 
 .DEFAULT_GOAL := help
 .PHONY: help install demo up down status simulate test test-unit test-integration lint bench clean
@@ -34,7 +35,9 @@ demo: install ## Install, start the stack, backfill history + $(SECONDS)s of liv
 	$(BIN)/reelpulse lake products
 	$(BIN)/reelpulse recommend user-000001
 	$(BIN)/reelpulse airflow up
+	$(BIN)/reelpulse simulate --duration $(AIRFLOW_SECONDS) --seed 8 --truth artifacts/demo/airflow-truth.json
 	$(BIN)/reelpulse airflow trigger --wait
+	$(BIN)/reelpulse sql --question top-titles-yesterday
 	$(BIN)/reelpulse status
 
 up: install ## Start the local stack

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -187,6 +188,7 @@ class TopicIngest:
 
     def __init__(self, topic: str, lake: Lake, writers: WriterCache) -> None:
         self.topic, self.lake, self.writers = topic, lake, writers
+        self.rows: Counter[str] = Counter()  # rows appended per bronze table (a replayed batch too)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         frame = with_header(batch.select(*KAFKA_COLUMNS)).persist()
@@ -197,7 +199,8 @@ class TopicIngest:
                 quarantine.extend(self._ingest(parts, batch_id, cached))
             if quarantine:
                 path, app_id = self.lake.bronze(QUARANTINE), f"bronze:{self.topic}:quarantine"
-                self._append(path, _union(quarantine), app_id, batch_id)
+                rows = _union(quarantine)
+                self.rows[QUARANTINE] += self._append(path, rows, app_id, batch_id, rows.count())
         finally:
             for each in cached:
                 each.unpersist()
@@ -230,7 +233,7 @@ class TopicIngest:
         path, app_id = self.lake.bronze(event.name), f"bronze:{self.topic}:{event.name}"
         strict = _union([to_bronze(decode(p.rows, p.writer, "FAILFAST"), event) for p in parts])
         try:
-            self._append(path, strict, app_id, batch_id, rows=sum(p.count for p in parts))
+            self.rows[event.name] += self._append(path, strict, app_id, batch_id, sum(p.count for p in parts))
             return []
         except Exception as error:  # only a body that fails to decode is handled here
             if MALFORMED not in str(error):
@@ -238,12 +241,12 @@ class TopicIngest:
         log.warning("batch %s: %s has bodies that do not decode; quarantining them", batch_id, event.name)
         decoded = [(p.writer, decode(p.rows, p.writer, "PERMISSIVE").persist()) for p in parts]
         cached.extend(frame for _, frame in decoded)
-        self._append(path, _union([to_bronze(frame, event) for _, frame in decoded]), app_id, batch_id)
+        lenient = _union([to_bronze(frame, event) for _, frame in decoded])
+        self.rows[event.name] += self._append(path, lenient, app_id, batch_id, lenient.count())
         return [undecodable(frame, writer) for writer, frame in decoded]
 
-    def _append(
-        self, path: str, frame: DataFrame, app_id: str, batch_id: int, rows: int | None = None
-    ) -> None:
+    def _append(self, path: str, frame: DataFrame, app_id: str, batch_id: int, rows: int) -> int:
+        """Append ``frame`` (``rows`` rows) once per batch id; returns ``rows``."""
         partitioning = ["event_date"] if "event_date" in frame.columns else []
         (
             frame.write.format("delta")
@@ -255,7 +258,8 @@ class TopicIngest:
             .partitionBy(*partitioning)
             .save(path)
         )
-        log.info("batch %s: %s rows to %s", batch_id, "some" if rows is None else rows, path)
+        log.info("batch %s: %s rows to %s", batch_id, rows, path)
+        return rows
 
 
 @dataclass(frozen=True)
@@ -291,11 +295,13 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 def run(
     settings: Settings, spark: SparkSession | None = None, topics: list[str] | None = None
 ) -> dict[str, Any]:
-    """Ingest everything new from every event topic into bronze; returns row counts."""
+    """Ingest everything new from every event topic into bronze. Returns the topics read
+    and, per bronze table this run appended rows to (``_quarantine`` included), how many."""
     contract = Contract(settings.schemas_dir)
     spark = spark or spark_support.session(settings, "reelpulse-bronze")
     lake, writers = Lake(settings.lake_dir), WriterCache(settings, contract)
     names = topics or sorted({e.topic for e in contract if e.topic not in NOT_INGESTED})
+    rows: Counter[str] = Counter()
     for topic in names:
         ingest = TopicIngest(topic, lake, writers)
         query = (
@@ -306,8 +312,9 @@ def run(
             .start()
         )
         query.awaitTermination()
+        rows.update(ingest.rows)
         log.info("bronze: %s caught up", topic)
-    return {"topics": names}
+    return {"topics": names, "rows": {table: n for table, n in sorted(rows.items()) if n}}
 
 
 NOT_INGESTED = frozenset({"reelpulse.alerts", "reelpulse.deadletter"})

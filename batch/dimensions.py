@@ -122,12 +122,15 @@ def _sighting(alias: str, time: str, columns: tuple[str, ...]) -> str:
 
 def update(
     spark: SparkSession, table: Callable[[str], str], new: dict[str, DataFrame], audit: Audit = unaudited
-) -> None:
-    """MERGE this run's sightings into users, devices and CDN edges."""
+) -> list[str]:
+    """MERGE this run's sightings into users, devices and CDN edges; returns the
+    dimensions merged into."""
     rows = sightings(new)
+    merged = [seen.name for seen in SEEN if seen.name in rows]
     for seen in SEEN:
         if seen.name in rows:
             merge_seen(spark, table(seen.name), rows[seen.name], seen, audit)
+    return merged
 
 
 def _union(frames: list[DataFrame]) -> DataFrame:

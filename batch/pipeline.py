@@ -74,7 +74,7 @@ def bronze_step(settings: Settings, spark: SparkSession) -> dict[str, Any]:
     return bronze.run(settings, spark)
 
 
-def silver_step(settings: Settings, spark: SparkSession, gate: quality.Gate, key: bytes) -> dict[str, Any]:
+def silver_step(settings: Settings, spark: SparkSession, gate: quality.Gate, key: bytes) -> silver.SilverRun:
     """Silver with every table's new rows audited before they are merged."""
     result = silver.run(
         settings, spark, pseudonymization_key=key, policy=silver.Policy.from_settings(settings),

@@ -237,6 +237,20 @@ def watermark(spark: SparkSession, path: str) -> dt.datetime | None:
 # --- the job ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SilverRun:
+    """What one silver run wrote: per event table with new bronze rows, ``merged`` and
+    ``late`` counts; and the other silver tables it wrote (sessions, dimensions, ``_late``)."""
+
+    events: dict[str, dict[str, int]]
+    derived: list[str]
+
+    @property
+    def tables(self) -> list[str]:
+        """Every silver table this run wrote to, in name order."""
+        return sorted({*self.events, *self.derived})
+
+
 @dataclass
 class TableRun:
     """What one event table contributed to a run."""
@@ -307,11 +321,12 @@ def run(
     policy: Policy | None = None,
     tables: list[str] | None = None,
     audit: Audit = unaudited,
-) -> dict[str, Any]:
-    """Bring silver up to date with bronze. Returns, per table with new bronze rows, how
-    many distinct rows were offered to the MERGE (``merged``; a replayed row inserts
-    nothing) and how many went to ``_late``. ``audit`` sees every table's rows before they
-    are written (the quality gate): when it raises, the run stops and the marks stay."""
+) -> SilverRun:
+    """Bring silver up to date with bronze. Returns, per event table with new bronze rows,
+    how many distinct rows were offered to the MERGE (``merged``; a replayed row inserts
+    nothing) and how many went to ``_late``, and the other tables it wrote. ``audit`` sees
+    every table's rows before they are written (the quality gate): when it raises, the run
+    stops and the marks stay."""
     pseudonymize.pads(pseudonymization_key)  # fail before any work on a bad key
     policy = policy or Policy.from_settings(settings)
     contract = Contract(settings.schemas_dir)
@@ -337,7 +352,7 @@ def run(
                 event.name, done.merged, done.late, time.monotonic() - started,
             )  # fmt: skip
         started = time.monotonic()
-        _derive(spark, lake, runs, policy, audit)
+        derived = _derive(spark, lake, runs, policy, audit)
         log.info("silver: sessions and dimensions in %.1fs", time.monotonic() - started)
         for done in runs:
             marks[done.event.name] = {**marks.get(done.event.name, {}), **done.marks}
@@ -346,15 +361,23 @@ def run(
     finally:
         for frame in cached:
             frame.unpersist()
-    return {done.event.name: {"merged": done.merged, "late": done.late} for done in runs}
+    return SilverRun(
+        {done.event.name: {"merged": done.merged, "late": done.late} for done in runs},
+        sorted({*derived, *([LATE] if any(done.late for done in runs) else [])}),
+    )
 
 
-def _derive(spark: SparkSession, lake: Lake, runs: list[TableRun], policy: Policy, audit: Audit) -> None:
-    """Dimensions and playback sessions from the rows this run merged."""
+def _derive(spark: SparkSession, lake: Lake, runs: list[TableRun], policy: Policy, audit: Audit) -> list[str]:
+    """Dimensions and playback sessions from the rows this run merged; returns the tables
+    written."""
     new = {done.event.name: done.rows for done in runs}
+    written = []
     if "title" in new:
         dimensions.refresh_titles(spark, lake.silver("title"), lake.silver(dimensions.TITLES), audit)
-    dimensions.update(spark, lake.silver, new, audit)
+        written.append(dimensions.TITLES)
+    written += dimensions.update(spark, lake.silver, new, audit)
     playback = {name: rows for name, rows in new.items() if name in sessions.PLAYBACK_EVENTS}
     if playback:
         sessions.update(spark, lake.silver, playback, policy.session_timeout, audit)
+        written.append(sessions.SESSIONS)
+    return written

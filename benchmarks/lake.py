@@ -233,7 +233,7 @@ def run(settings: Settings, events: int, query_rows: int, seed: int) -> dict[str
         key = settings.pseudonymization_key()
         with console.status("silver: rebuild from bronze"):
             seconds, merged = timed(lambda: silver.run(settings, spark, pseudonymization_key=key))
-        result["silver"] = {"rows": sum(t["merged"] for t in merged.values()), "seconds": seconds}
+        result["silver"] = {"rows": sum(t["merged"] for t in merged.events.values()), "seconds": seconds}
         with console.status("gold: rebuild from silver"):
             seconds, counts = timed(lambda: gold.run(settings, spark))
         result["gold"] = {"rows": sum(counts.values()), "seconds": seconds}

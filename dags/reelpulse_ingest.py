@@ -4,9 +4,11 @@ One task, `bronze`, runs `batch.pipeline.bronze_step`: every event topic's new r
 land in its bronze Delta table (or in `bronze/_quarantine` when they cannot be decoded),
 exactly once, then the Spark job stops. A run with nothing new in Kafka writes nothing.
 
-Its success updates the `bronze` asset (the run's topics in the event's extra), which
-starts `reelpulse_refine`. A task that fails for good publishes an `airflow_task_failed`
-alert to `reelpulse.alerts`. See `dags/README.md`.
+Each bronze table the run appended to gets an asset event (`bronze.<table>`, with the
+rows in its extra) through the `reelpulse-bronze` alias, and an event table's event starts
+`reelpulse_refine`. A run that found nothing new emits none, so refine does not run. A
+task that fails for good publishes an `airflow_task_failed` alert to `reelpulse.alerts`.
+See `dags/README.md`.
 """
 
 from __future__ import annotations
@@ -29,16 +31,15 @@ from reelpulse import orchestration as orch
     doc_md=__doc__,
 )
 def reelpulse_ingest() -> None:
-    @task(outlets=[orch.asset("bronze")])
+    @task(outlets=[orch.alias("bronze")])
     def bronze(outlet_events: Any = None) -> dict[str, Any]:
         """Ingest what is new in every event topic into bronze (Spark, availableNow)."""
         from batch import pipeline
 
         with orch.lake_job("reelpulse-ingest") as (settings, spark):
             result = pipeline.bronze_step(settings, spark)
-        summary = {"topics": list(result["topics"])}
-        outlet_events[orch.asset("bronze")].extra = summary
-        return summary
+        written = {table: {"rows": rows} for table, rows in result["rows"].items()}
+        return {"topics": list(result["topics"]), "updated": orch.emit(outlet_events, "bronze", written)}
 
     bronze()
 

@@ -1,12 +1,17 @@
 """### reelpulse_refine: bronze -> silver -> gold, whenever bronze changes
 
-Scheduled on the `bronze` asset: every successful `reelpulse_ingest` run starts one.
+Scheduled on the bronze event tables' assets (`bronze.login`, `bronze.playback_start`,
+...): an ingest run that appended to any of them starts one.
 
 1. `silver` runs `batch.pipeline.silver_step`: the new bronze rows, pseudonymized and
    deduplicated, each table's batch through its Great Expectations gate before it is
-   merged (needs `REELPULSE_SILVER_PSEUDONYMIZATION_KEY`). Updates the `silver` asset.
+   merged (needs `REELPULSE_SILVER_PSEUDONYMIZATION_KEY`). Each silver table it wrote
+   (event tables, sessions, dimensions, `_late`) gets an asset event through the
+   `reelpulse-silver` alias.
 2. `gold` rebuilds every gold table from all of silver (`batch.pipeline.gold_step`, a full
-   deterministic recompute), each through its gate. Updates the `gold` asset.
+   deterministic recompute), each through its gate, and updates every `gold.<table>`
+   asset. It is skipped when `silver` wrote nothing (bronze got only rows silver had
+   seen), unless the run was triggered by hand.
 
 Each task renders the Data Docs (`lake/_quality/docs`) at its end. A failed gate fails the
 task: nothing is published, silver's marks stay, the retry or the next run redoes it.
@@ -25,7 +30,7 @@ from reelpulse import orchestration as orch
 
 @dag(
     dag_id=orch.REFINE,
-    schedule=AssetAny(orch.asset("bronze")),
+    schedule=AssetAny(*orch.assets("bronze", orch.EVENT_TABLES)),
     catchup=False,
     max_active_runs=1,
     default_args=orch.default_args(execution_timeout=dt.timedelta(hours=1)),
@@ -33,7 +38,7 @@ from reelpulse import orchestration as orch
     doc_md=__doc__,
 )
 def reelpulse_refine() -> None:
-    @task(outlets=[orch.asset("silver")])
+    @task(outlets=[orch.alias("silver")])
     def silver(outlet_events: Any = None) -> dict[str, Any]:
         """Bring silver up to date with bronze, every table through its quality gate."""
         from batch import pipeline, quality
@@ -44,13 +49,16 @@ def reelpulse_refine() -> None:
                 result = pipeline.silver_step(settings, spark, gate, settings.pseudonymization_key())
             finally:
                 gate.build_docs()
-        summary = {"merged": {table: int(counts["merged"]) for table, counts in result.items()}}
-        outlet_events[orch.asset("silver")].extra = summary
-        return summary
+        written = {table: dict(result.events.get(table, {})) for table in result.tables}
+        return {"merged": result.events, "updated": orch.emit(outlet_events, "silver", written)}
 
-    @task(outlets=[orch.asset("gold")])
-    def gold(outlet_events: Any = None) -> dict[str, Any]:
+    @task(outlets=orch.assets("gold", orch.GOLD_TABLES))
+    def gold(silver_run: dict[str, Any], dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:
         """Rebuild every gold table from silver, each published only when its gate passes."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if not orch.gold_needed(silver_run["updated"], str(dag_run.run_type)):
+            raise AirflowSkipException("silver wrote nothing new in this run: gold is up to date")
         from batch import pipeline, quality
 
         with orch.lake_job("reelpulse-refine-gold") as (settings, spark):
@@ -59,11 +67,11 @@ def reelpulse_refine() -> None:
                 rows = pipeline.gold_step(settings, spark, gate)
             finally:
                 gate.build_docs()
-        summary = {"rows": {table: int(count) for table, count in rows.items()}}
-        outlet_events[orch.asset("gold")].extra = summary
-        return summary
+        for table, count in rows.items():
+            outlet_events[orch.asset(f"gold.{table}")].extra = {"rows": int(count)}
+        return {"rows": {table: int(count) for table, count in rows.items()}}
 
-    silver() >> gold()
+    gold(silver())
 
 
 reelpulse_refine()

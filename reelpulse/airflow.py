@@ -64,8 +64,9 @@ TUNING = {
     "SPARK_LOCAL_IP": HOST,
 }
 FINISHED = frozenset({"success", "failed"})
-# A run of the key DAG updates an asset the value DAG is scheduled on.
+# A run of the key DAG updates assets the value DAG is scheduled on (any one starts it).
 DOWNSTREAM = {orchestration.INGEST: orchestration.REFINE}
+SCHEDULED_ON = {orchestration.REFINE: frozenset(f"bronze.{t}" for t in orchestration.EVENT_TABLES)}
 HEALTH_TIMEOUT_S = 5.0
 HTTP_TIMEOUT_S = 30.0  # a busy two-core machine answers slowly
 STOP_TIMEOUT_S = 60.0
@@ -352,6 +353,13 @@ class Api:
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self._call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}", f"read run {run_id} of {dag_id}")
 
+    def asset_events(self, limit: int = 200, **filters: str) -> list[dict[str, Any]]:
+        """The newest asset events (name, extra, source DAG, run and task), newest first;
+        ``filters`` such as ``source_run_id``."""
+        params: dict[str, str | int] = {"order_by": "-timestamp", "limit": limit, **filters}
+        found = self._call("GET", "/api/v2/assets/events", "list the asset events", params=params)
+        return list(found["asset_events"])
+
     def runs(self, dag_id: str, limit: int = 5, **filters: str) -> list[dict[str, Any]]:
         params: dict[str, str | int] = {"order_by": "-run_after", "limit": limit, **filters}
         found = self._call(
@@ -385,6 +393,10 @@ def follow(api: Api, upstream: dict[str, Any], timeout_s: float) -> Iterator[dic
     """The runs that a finished run started through its assets, each waited for."""
     dag_id = DOWNSTREAM.get(upstream["dag_id"])
     if dag_id is None or upstream["state"] != "success":
+        return
+    emitted = api.asset_events(source_dag_id=upstream["dag_id"], source_run_id=upstream["dag_run_id"])
+    if not {event["name"] for event in emitted} & SCHEDULED_ON[dag_id]:
+        console.print(f"{upstream['dag_id']} found nothing new, so no {dag_id} run follows it")
         return
     deadline = time.monotonic() + timeout_s
     while not (started := api.runs(dag_id, limit=1, run_after_gte=upstream["start_date"])):
@@ -505,7 +517,7 @@ def trigger(
     wait: Annotated[bool, typer.Option(help="Wait for each run, and the runs its assets start")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for each run")] = 1800.0,
 ) -> None:
-    """Trigger DAG runs now (default: reelpulse_ingest, whose bronze asset then starts
+    """Trigger DAG runs now (default: reelpulse_ingest, whose bronze table assets then start
     reelpulse_refine); with --wait, exit 1 unless every run succeeds."""
     settings = _settings()
     api = Api(settings)

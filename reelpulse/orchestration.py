@@ -7,14 +7,19 @@ Spark, reads no settings file and opens no connection: assets take the lake's lo
 from ``REELPULSE_LAKE_DIR`` in the environment only (``reelpulse airflow`` exports every
 setting, ``.env`` included, to Airflow's processes).
 
-**Assets, one per layer.** The bronze tables are the contract's event types, and knowing
-which ``.avsc`` file is an ingested event type means reading every schema file, which the
-DAG processor would repeat every 30 seconds. One bronze task writes all of them at once,
-so a per-table asset would change on every run all the same: per-layer assets
-(``bronze``, ``silver``, ``gold``) schedule exactly as per-table ones would, and each asset
-event carries the run's per-table counts in its ``extra``. The products that other teams
-read (``gold.recommendations``, ``gold.recommendation_evaluations``,
-``gold.experiment_results``) have assets of their own.
+**Assets, one per lake table.** Every bronze, silver and gold table, and each product
+table other teams read (``gold.recommendations``, ``gold.recommendation_evaluations``,
+``gold.experiment_results``), is an asset named ``<layer>.<table>`` whose URI is the
+table's location. The table names are listed here, not found by reading the contract or
+the lake, so parsing a DAG file reads no file; a unit test holds the lists equal to the
+contract (``schemas/``), ``batch/silver.yml`` and ``batch/gold.py``.
+
+The bronze and silver tasks write only the tables that got new rows, so they emit their
+asset events through an alias per layer (``reelpulse-bronze``, ``reelpulse-silver``): one
+event per table written, with its row counts in the event's ``extra``. An ingest run that
+found nothing new emits no event and starts no refine. Gold is a full recompute of every
+table, so its task has the gold tables as plain outlets; it is skipped (no events) when
+the silver task before it wrote nothing, unless the run was started by hand.
 
 **Failure alerts.** :func:`on_task_failure` runs when a task has failed for good (its
 retries spent). It publishes an ``alert`` event (``schemas/alert.avsc``) to
@@ -31,7 +36,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +52,23 @@ INGEST, REFINE, PRODUCTS, MAINTENANCE = (
 )  # fmt: skip
 DAG_IDS = (INGEST, REFINE, PRODUCTS, MAINTENANCE)
 OWNER = "reelpulse-data"
-LAYERS = ("bronze", "silver", "gold")
+
+# The lake's tables (see the module docstring; tests/unit/test_dags.py keeps them true).
+EVENT_TABLES = (
+    "bitrate_switch", "cdn_request", "experiment_exposure", "login", "logout", "playback_error",
+    "playback_heartbeat", "playback_pause", "playback_resume", "playback_seek", "playback_start",
+    "playback_stop", "rating", "search", "title",
+)  # fmt: skip
+BRONZE_TABLES = (*EVENT_TABLES, "_quarantine")
+SILVER_TABLES = (
+    *EVENT_TABLES, "playback_sessions", "dim_titles", "dim_users", "dim_devices", "dim_cdn_edges", "_late",
+)  # fmt: skip
+GOLD_TABLES = (
+    "title_engagement_daily", "playback_quality_daily", "cdn_edge_daily", "active_users_daily",
+    "retention_cohorts", "login_security_daily", "user_title_interactions", "experiment_user_metrics",
+)  # fmt: skip
 PRODUCT_TABLES = ("recommendations", "recommendation_evaluations", "experiment_results")
+MANUAL_RUN = "manual"
 
 ALERT_RULE = "airflow_task_failed"
 ALERT_ENTITY_TYPE = "airflow_task"
@@ -75,14 +95,36 @@ def asset_uri(name: str, root: str | None = None) -> str:
 
 
 def asset(name: str) -> Any:
-    """The Airflow asset of a lake layer (``silver``) or table (``gold.recommendations``)."""
+    """The Airflow asset of a lake table (``gold.recommendations``)."""
     from airflow.sdk import Asset
 
     return Asset(name=name, uri=asset_uri(name), group="reelpulse-lake")
 
 
-def product_assets() -> list[Any]:
-    return [asset(f"gold.{table}") for table in PRODUCT_TABLES]
+def assets(layer: str, tables: Iterable[str]) -> list[Any]:
+    """The assets of ``tables`` of one layer: ``assets("gold", ["x"])`` -> ``[gold.x]``."""
+    return [asset(f"{layer}.{table}") for table in tables]
+
+
+def alias(layer: str) -> Any:
+    """The alias a layer's task emits its tables' asset events through."""
+    from airflow.sdk import AssetAlias
+
+    return AssetAlias(name=f"reelpulse-{layer}", group="reelpulse-lake")
+
+
+def emit(outlet_events: Any, layer: str, written: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """One asset event per table written (``{table: extra}``) through the layer's alias;
+    returns the asset names."""
+    events = outlet_events[alias(layer)]
+    for table, extra in sorted(written.items()):
+        events.add(asset(f"{layer}.{table}"), extra=dict(extra))
+    return [f"{layer}.{table}" for table in sorted(written)]
+
+
+def gold_needed(silver_tables: Iterable[str], run_type: str) -> bool:
+    """Gold is rebuilt when silver wrote something in this run, or when a person asked."""
+    return run_type == MANUAL_RUN or any(True for _ in silver_tables)
 
 
 # --------------------------------------------------------------------------- task defaults

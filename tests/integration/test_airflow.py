@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -181,6 +182,23 @@ def test_the_runs_are_recorded_as_successes(ui: airflow.Api) -> None:
     for dag_id in CHAIN:
         states = [run["state"] for run in ui.runs(dag_id)]
         assert states == ["success"], dag_id
+
+
+def test_each_table_written_has_its_asset_event_with_its_rows(ui: airflow.Api) -> None:
+    events: dict[str, dict[str, Any]] = {}
+    for event in ui.asset_events():
+        events.setdefault(event["name"], event)  # newest first
+    bronze = {n.removeprefix("bronze.") for n in events if n.startswith("bronze.")}
+    assert bronze == set(KEPT) | {"title"}, "only the tables the ingest appended to"
+    assert all(events[f"bronze.{t}"]["extra"]["rows"] > 0 for t in bronze)
+    assert events["bronze.playback_start"]["source_dag_id"] == orchestration.INGEST
+    silver = {n.removeprefix("silver.") for n in events if n.startswith("silver.")}
+    assert bronze | {"playback_sessions", "dim_titles", "dim_users", "dim_devices"} <= silver
+    assert "dim_cdn_edges" not in silver, "no cdn_request was produced"
+    assert events["silver.rating"]["extra"]["merged"] > 0
+    gold = {n.removeprefix("gold.") for n in events if n.startswith("gold.")}
+    assert set(orchestration.GOLD_TABLES) | set(orchestration.PRODUCT_TABLES) == gold
+    assert events["gold.title_engagement_daily"]["extra"]["rows"] > 0
 
 
 def test_status_shows_the_components_and_the_runs(env: dict[str, str], ui: airflow.Api) -> None:

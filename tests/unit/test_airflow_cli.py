@@ -95,3 +95,36 @@ def test_terminate_tree_kills_what_ignores_sigterm() -> None:
     airflow.terminate_tree(process.pid, 1.0)
     process.wait(5)
     assert time.monotonic() - started < 15
+
+
+class RecordedApi:
+    """The Airflow API as ``follow`` sees it, answering from recorded responses."""
+
+    def __init__(self, emitted: list[str], refine_runs: list[dict]) -> None:
+        self.emitted, self.refine_runs = emitted, refine_runs
+
+    def asset_events(self, limit: int = 200, **filters: str) -> list[dict]:
+        assert filters == {"source_dag_id": "reelpulse_ingest", "source_run_id": "manual__1"}
+        return [{"name": name} for name in self.emitted]
+
+    def runs(self, dag_id: str, limit: int = 5, **filters: str) -> list[dict]:
+        assert dag_id == "reelpulse_refine"
+        return self.refine_runs
+
+    def run(self, dag_id: str, run_id: str) -> dict:
+        return next(r for r in self.refine_runs if r["dag_run_id"] == run_id)
+
+
+INGESTED = {"dag_id": "reelpulse_ingest", "dag_run_id": "manual__1", "state": "success", "start_date": "t0"}
+REFINED = {"dag_id": "reelpulse_refine", "dag_run_id": "asset_triggered__1", "state": "success"}
+
+
+def test_trigger_waits_for_the_refine_an_ingest_of_new_rows_started() -> None:
+    api = RecordedApi(["bronze.playback_start", "bronze._quarantine"], [REFINED])
+    assert list(airflow.follow(api, INGESTED, 5.0)) == [REFINED]  # type: ignore[arg-type]
+
+
+def test_trigger_waits_for_no_refine_after_an_ingest_that_found_nothing_to_refine() -> None:
+    for emitted in ([], ["bronze._quarantine"]):  # nothing new; only records quarantined
+        api = RecordedApi(emitted, [])
+        assert list(airflow.follow(api, INGESTED, 0.1)) == []  # type: ignore[arg-type]

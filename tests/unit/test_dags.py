@@ -128,9 +128,9 @@ def test_schedules_tasks_and_assets_chain_the_layers(parsed: dict[str, Any]) -> 
         for task_id, task in dag["tasks"].items()
     }
     assert outlets == {
-        ("reelpulse_ingest", "bronze"): ["bronze"],
-        ("reelpulse_refine", "silver"): ["silver"],
-        ("reelpulse_refine", "gold"): ["gold"],
+        ("reelpulse_ingest", "bronze"): ["reelpulse-bronze"],
+        ("reelpulse_refine", "silver"): ["reelpulse-silver"],
+        ("reelpulse_refine", "gold"): [f"gold.{t}" for t in orchestration.GOLD_TABLES],
         ("reelpulse_products", "recommendations"): [
             "gold.recommendations",
             "gold.recommendation_evaluations",
@@ -144,12 +144,30 @@ def test_schedules_tasks_and_assets_chain_the_layers(parsed: dict[str, Any]) -> 
     assert dags["reelpulse_maintenance"]["tasks"]["vacuum"]["upstream"] == ["optimize"]
 
 
-def test_refine_is_scheduled_on_any_bronze_asset(parsed: dict[str, Any]) -> None:
+def test_refine_is_scheduled_on_any_bronze_event_table(parsed: dict[str, Any]) -> None:
     refine = parsed["dags"]["reelpulse_refine"]
     assert refine["timetable"] == "AssetTriggeredTimetable"
     assert refine["schedule_any"] == "AssetAny"
-    bronze = {"bronze"} | {name for name in refine["schedule_assets"] if name.startswith("bronze.")}
-    assert set(refine["schedule_assets"]) == bronze
+    assert refine["schedule_assets"] == [f"bronze.{t}" for t in orchestration.EVENT_TABLES]
+
+
+def test_the_table_lists_are_the_lakes_tables() -> None:
+    from batch import bronze, gold, silver
+
+    contract = Contract(Settings(_env_file=None).schemas_dir)
+    ingested = {e.name for e in contract if e.topic not in bronze.NOT_INGESTED}
+    assert set(orchestration.EVENT_TABLES) == ingested
+    assert set(orchestration.BRONZE_TABLES) == ingested | {bronze.QUARANTINE}
+    derived = set(silver.load_contract()["tables"]) - {"_state/bronze_offsets"}
+    assert set(orchestration.SILVER_TABLES) == ingested | derived
+    assert set(orchestration.GOLD_TABLES) == set(gold.TABLES)
+
+
+def test_gold_is_rebuilt_when_silver_wrote_or_a_person_asked() -> None:
+    assert orchestration.gold_needed(["silver.login"], "asset_triggered")
+    assert not orchestration.gold_needed([], "asset_triggered")
+    assert not orchestration.gold_needed([], "scheduled")
+    assert orchestration.gold_needed([], "manual")
 
 
 def test_parsing_starts_no_spark_reads_no_lake_code_and_opens_no_connection(parsed: dict[str, Any]) -> None:

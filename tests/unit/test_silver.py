@@ -366,8 +366,9 @@ def test_second_run_late_events_and_closing_an_open_session(
     future = stop(b, 7200, "s-future", "u2", 0, "OTHER")
     b.write("playback_stop", [future], kafka_delay=-dt.timedelta(days=2))  # clock 2 days ahead
     counts = silver.run(lake_settings, spark, pseudonymization_key=KEY)
-    assert counts["playback_heartbeat"] == {"merged": 1, "late": 1}
-    assert counts["playback_stop"] == {"merged": 1, "late": 1}
+    assert counts.events["playback_heartbeat"] == {"merged": 1, "late": 1}
+    assert counts.events["playback_stop"] == {"merged": 1, "late": 1}
+    assert silver.LATE in counts.derived
     late = {r.reason: r for r in read(spark, lake_settings, silver.LATE).collect()}
     assert set(late) == {silver.TOO_LATE, silver.FUTURE}
     assert late[silver.TOO_LATE].event_type == "playback_heartbeat"
@@ -385,7 +386,7 @@ def test_second_run_late_events_and_closing_an_open_session(
 
 def test_rerun_and_replay_yield_the_same_rows(spark: Any, lake_settings: Settings, first_run: Bronze) -> None:
     before = snapshot(spark, lake_settings)
-    assert silver.run(lake_settings, spark, pseudonymization_key=KEY) == {}  # nothing new
+    assert silver.run(lake_settings, spark, pseudonymization_key=KEY).tables == []  # nothing new
     assert snapshot(spark, lake_settings) == before
     shutil.rmtree(Path(Lake(lake_settings.lake_dir).offsets))  # forget the marks: replay all
     silver.run(lake_settings, spark, pseudonymization_key=KEY)
@@ -428,9 +429,10 @@ def test_replay_after_a_crash_never_sends_merged_rows_to_late(
         beat(b, -10 * 86_400, "s-backfill", "u1", 10_000, 10_000),
         beat(b, 0, "s-now", "u2", 10_000, 10_000),
     ])  # fmt: skip
-    assert silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"]) == {
-        "playback_heartbeat": {"merged": 2, "late": 0}
-    }
+    ran = silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"])
+    assert ran == silver.SilverRun(
+        {"playback_heartbeat": {"merged": 2, "late": 0}}, ["dim_devices", "dim_users", "playback_sessions"]
+    )
     before = snapshot(spark, settings)
     shutil.rmtree(Path(Lake(settings.lake_dir).offsets))  # the crash: marks never advanced
     silver.run(settings, spark, pseudonymization_key=KEY, tables=["playback_heartbeat"])
