@@ -26,7 +26,7 @@ install: $(STAMP) ## Create .venv with pinned dependencies and fetch the JVM par
 
 demo: install ## Install, start the stack, backfill history + $(SECONDS)s of live traffic, build the lake, ask it, publish recommendations and A/B reports, run the DAGs in Airflow
 	$(BIN)/reelpulse up
-	$(BIN)/reelpulse simulate --no-pace --duration $(HISTORY_S) --rate 3 --users 2000 --seed 11 \
+	$(BIN)/reelpulse simulate --no-pace --duration $(HISTORY_S) --rate 3 --users 2000 --seed 11 --world-seed 7 \
 		--incident edge_outage:3600:14400 --truth artifacts/demo/history-truth.json
 	$(BIN)/reelpulse simulate --duration $(SECONDS) --truth artifacts/demo/truth.json
 	$(BIN)/reelpulse lake build
@@ -35,7 +35,7 @@ demo: install ## Install, start the stack, backfill history + $(SECONDS)s of liv
 	$(BIN)/reelpulse lake products
 	$(BIN)/reelpulse recommend user-000001
 	$(BIN)/reelpulse airflow up
-	$(BIN)/reelpulse simulate --duration $(AIRFLOW_SECONDS) --seed 8 --truth artifacts/demo/airflow-truth.json
+	$(BIN)/reelpulse simulate --duration $(AIRFLOW_SECONDS) --seed 8 --world-seed 7 --truth artifacts/demo/airflow-truth.json
 	$(BIN)/reelpulse airflow trigger --wait
 	$(BIN)/reelpulse sql --question top-titles-yesterday
 	$(BIN)/reelpulse status

@@ -337,6 +337,10 @@ def simulate(
         bool, typer.Option(help="Send in real time (off: as fast as possible, a backfill)")
     ] = True,
     seed: Annotated[int, typer.Option(help="Same seed, same traffic")] = 7,
+    world_seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of the catalog, users and edges (default: --seed); keep it to add traffic"),
+    ] = None,
     users: Annotated[
         int, typer.Option(help="Accounts (about 5-10x --rate keeps sessions realistic)")
     ] = 10000,
@@ -370,6 +374,7 @@ def simulate(
     backfill_ms = 0 if pace or continuous or duration is None else int(duration * 1000)
     config = SimulationConfig(
         seed=seed,
+        world_seed=world_seed,
         start_ms=now_ms - backfill_ms,  # unpaced traffic ends now instead of running ahead
         users=users,
         titles=titles,

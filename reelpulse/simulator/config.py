@@ -82,9 +82,13 @@ class SimulationConfig:
     ``None`` the run is endless. ``rate`` is the target overall event rate per second of
     virtual time. Sessions with more than ``heartbeat_cap`` heartbeats of content are
     time-compressed: heartbeats stay 10 s apart in event time and each covers more content.
+    ``world_seed`` (default: ``seed``) draws the catalog, users and edges: runs with
+    different seeds and one world seed are different traffic in the same world (the same
+    titles under the same ids; with fewer users, the first users of the larger world).
     """
 
     seed: int = 0
+    world_seed: int | None = None
     start_ms: int = DEFAULT_START_MS
     users: int = 500
     titles: int = 200

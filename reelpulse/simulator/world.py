@@ -194,8 +194,9 @@ class World:
 
 
 def build_world(config: SimulationConfig) -> World:
-    """The catalog, users and edges of ``config.seed``."""
-    rng = random.Random(f"reelpulse-world-{config.seed}")
+    """The catalog, users and edges of ``config.world_seed`` (or ``config.seed``)."""
+    seed = config.seed if config.world_seed is None else config.world_seed
+    rng = random.Random(f"reelpulse-world-{seed}")
     titles = build_catalog(rng, config.titles)
     users = tuple(build_user(rng, i) for i in range(config.users))
     edges = tuple(build_edge(rng, i) for i in range(config.edges))

@@ -85,6 +85,18 @@ def test_same_seed_gives_the_same_events_and_other_seeds_differ() -> None:
     assert {t for t, _ in first} == {t for t, _ in other}
 
 
+def test_one_world_seed_keeps_the_catalog_and_users_across_traffic_seeds() -> None:
+    config = dict(rate=500.0, max_events=3000, world_seed=7)
+    history, first = run(seed=11, users=2000, **config)
+    live, second = run(seed=8, users=500, **config)
+    assert history.catalog() == live.catalog()
+    assert Simulator(SimulationConfig(seed=7)).catalog() == live.catalog()  # the default: seed
+    assert history.world.users[:500] == live.world.users
+    first_ids = {r.get("envelope", r)["event_id"] for _, r in first}
+    assert first_ids.isdisjoint(r.get("envelope", r)["event_id"] for _, r in second)
+    assert Simulator(SimulationConfig(seed=8)).catalog() != live.catalog()
+
+
 def test_event_times_never_decrease_and_the_duration_bound_holds() -> None:
     sim, events = run(seed=3, rate=1500.0, duration_s=20.0)
     times = [event_time(r) for _, r in events]
