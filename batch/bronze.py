@@ -1,7 +1,10 @@
 """Bronze: every event topic into Delta, decoded by schema id, exactly once.
 
 One Structured Streaming query per topic, ``trigger(availableNow=True)`` with its own
-checkpoint: each run ingests what is new and stops. Each micro-batch is decoded by the
+checkpoint: each run ingests what is new and stops. The topics' queries run at the same
+time in one Spark session, so the fixed cost of each micro-batch (planning, the Kafka
+metadata, the Delta commits, all on the driver) overlaps with the other topics' decoding
+and writing on the executors' cores. Each micro-batch is decoded by the
 schema id in its Confluent wire-format header: the writer schema comes from the
 registry (once per id per run), the reader schema is the current contract, so several
 writer versions land in one table. Records that cannot be decoded go to the quarantine
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +34,7 @@ from reelpulse.settings import Settings
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.streaming import StreamingQuery
 
 log = logging.getLogger("reelpulse.batch.bronze")
 
@@ -67,11 +72,13 @@ class WriterCache:
     def __init__(self, settings: Settings, contract: Contract) -> None:
         self.client, self.contract = registry.client(settings), contract
         self.writers: dict[int, Writer] = {}
+        self.lock = threading.Lock()  # the topics' queries ask from threads of their own
 
     def get(self, schema_id: int) -> Writer:
-        if schema_id not in self.writers:
-            self.writers[schema_id] = self._fetch(schema_id)
-        return self.writers[schema_id]
+        with self.lock:
+            if schema_id not in self.writers:
+                self.writers[schema_id] = self._fetch(schema_id)
+            return self.writers[schema_id]
 
     def _fetch(self, schema_id: int) -> Writer:
         try:
@@ -186,8 +193,13 @@ class TopicIngest:
     type redone in ``PERMISSIVE`` mode, which splits it into bronze rows and quarantine.
     """
 
-    def __init__(self, topic: str, lake: Lake, writers: WriterCache) -> None:
+    def __init__(
+        self, topic: str, lake: Lake, writers: WriterCache, quarantine_lock: threading.Lock | None = None
+    ) -> None:
         self.topic, self.lake, self.writers = topic, lake, writers
+        # Every topic's query appends to the one quarantine table: one at a time, so that two
+        # first appends never race to create it.
+        self.quarantine_lock = quarantine_lock or threading.Lock()
         self.rows: Counter[str] = Counter()  # rows appended per bronze table (a replayed batch too)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
@@ -200,7 +212,8 @@ class TopicIngest:
             if quarantine:
                 path, app_id = self.lake.bronze(QUARANTINE), f"bronze:{self.topic}:quarantine"
                 rows = _union(quarantine)
-                self.rows[QUARANTINE] += self._append(path, rows, app_id, batch_id, rows.count())
+                with self.quarantine_lock:
+                    self.rows[QUARANTINE] += self._append(path, rows, app_id, batch_id, rows.count())
         finally:
             for each in cached:
                 each.unpersist()
@@ -293,28 +306,55 @@ def _union(frames: list[DataFrame]) -> DataFrame:
 
 
 def run(
-    settings: Settings, spark: SparkSession | None = None, topics: list[str] | None = None
+    settings: Settings,
+    spark: SparkSession | None = None,
+    topics: list[str] | None = None,
+    *,
+    concurrent: bool = True,
 ) -> dict[str, Any]:
-    """Ingest everything new from every event topic into bronze. Returns the topics read
-    and, per bronze table this run appended rows to (``_quarantine`` included), how many."""
+    """Ingest everything new from every event topic into bronze; the topics' queries run
+    at the same time (``concurrent=False``: one after another). Returns the topics read
+    and, per bronze table this run appended rows to (``_quarantine`` included), how many.
+    When a query fails, the others are stopped (what they committed stays, exactly once)
+    and its error is raised."""
     contract = Contract(settings.schemas_dir)
     spark = spark or spark_support.session(settings, "reelpulse-bronze")
     lake, writers = Lake(settings.lake_dir), WriterCache(settings, contract)
     names = topics or sorted({e.topic for e in contract if e.topic not in NOT_INGESTED})
+    quarantine_lock = threading.Lock()
+    ingests = [TopicIngest(topic, lake, writers, quarantine_lock) for topic in names]
+    queries: list[StreamingQuery] = []
+    try:
+        for ingest in ingests:
+            queries.append(_start(spark, settings, lake, ingest))
+            if not concurrent:
+                _finish(queries[-1], ingest.topic)
+        for query, ingest in zip(queries, ingests, strict=True):
+            _finish(query, ingest.topic)
+    finally:
+        for query in queries:
+            if query.isActive:
+                query.stop()
     rows: Counter[str] = Counter()
-    for topic in names:
-        ingest = TopicIngest(topic, lake, writers)
-        query = (
-            read_topic(spark, settings, topic)
-            .writeStream.foreachBatch(ingest)
-            .option("checkpointLocation", lake.checkpoint(topic))
-            .trigger(availableNow=True)
-            .start()
-        )
-        query.awaitTermination()
+    for ingest in ingests:
         rows.update(ingest.rows)
-        log.info("bronze: %s caught up", topic)
     return {"topics": names, "rows": {table: n for table, n in sorted(rows.items()) if n}}
+
+
+def _start(spark: SparkSession, settings: Settings, lake: Lake, ingest: TopicIngest) -> StreamingQuery:
+    return (
+        read_topic(spark, settings, ingest.topic)
+        .writeStream.foreachBatch(ingest)
+        .queryName(f"bronze-{ingest.topic}")
+        .option("checkpointLocation", lake.checkpoint(ingest.topic))
+        .trigger(availableNow=True)
+        .start()
+    )
+
+
+def _finish(query: StreamingQuery, topic: str) -> None:
+    query.awaitTermination()
+    log.info("bronze: %s caught up", topic)
 
 
 NOT_INGESTED = frozenset({"reelpulse.alerts", "reelpulse.deadletter"})

@@ -116,13 +116,16 @@ def tables(root: str, *, audit: bool = False) -> list[LakeTable]:
 
 def _walk(directory: Path, prefix: str = "") -> list[tuple[str, str]]:
     """``(name, path)`` of the Delta tables in ``directory``: a folder with a ``_delta_log`` is
-    a table (not searched further), any other folder is searched for tables."""
+    a table once its first commit is written (a writer stopped before that leaves no table;
+    its next run creates it), never searched further; any other folder is searched for
+    tables."""
     if not directory.is_dir():
         return []
     found = []
     for child in sorted(p for p in directory.iterdir() if p.is_dir()):
         if (child / "_delta_log").is_dir():
-            found.append((f"{prefix}{child.name}", str(child)))
+            if any((child / "_delta_log").glob("*.json")):
+                found.append((f"{prefix}{child.name}", str(child)))
         else:
             found += _walk(child, f"{prefix}{child.name}/")
     return found

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     spark_driver_memory: str = "2g"
     spark_shuffle_partitions: int = Field(4, ge=1, description="Few cores, small batches: few partitions.")
     bronze_max_offsets_per_batch: int = Field(
-        500_000, ge=1, description="Kafka records per bronze micro-batch (bounds memory)."
+        1_000_000,
+        ge=1,
+        description="Kafka records per bronze micro-batch per topic (bounds memory; the batch is cached "
+        "and spills to disk when it must; fewer batches mean fewer Delta commits).",
     )
     silver_pseudonymization_key: SecretStr | None = Field(
         None, description="Key of the keyed hash (HMAC-SHA256) of personal fields; at least 16 bytes."

@@ -126,6 +126,8 @@ def kafka_coordinates(settings: Settings, topics: list[str]) -> Counter[tuple[st
 def lake_coordinates(spark: Any, root: Path) -> Counter[tuple[str, int, int]]:
     found: Counter[tuple[str, int, int]] = Counter()
     for log in sorted(root.glob("*/_delta_log")):
+        if not any(log.glob("*.json")):  # killed before the table's first commit: no table yet
+            continue
         table = spark.read.format("delta").load(str(log.parent))
         rows = table.select("_kafka_topic", "_kafka_partition", "_kafka_offset").collect()
         found.update((r[0], r[1], r[2]) for r in rows)

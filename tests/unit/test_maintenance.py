@@ -42,6 +42,7 @@ def test_every_delta_table_is_listed_with_nested_ones(tmp_path: Path) -> None:
         write_deltalake(str(tmp_path / name), pa.table({"x": [1]}))
     write_deltalake(str(tmp_path / "_audit/silver/dim_users"), pa.table({"x": [1]}))
     (tmp_path / "gold" / "not_a_table").mkdir()
+    (tmp_path / "bronze" / "login" / "_delta_log").mkdir(parents=True)  # killed before its first commit
     found = [t.qualified for t in lake.tables(str(tmp_path))]
     assert found == ["bronze._quarantine", "silver._late", "silver._state/bronze_offsets", "gold.daily"]
     held = [t.qualified for t in lake.tables(str(tmp_path), audit=True) if t.audit]
