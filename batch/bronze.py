@@ -309,11 +309,9 @@ def run(
     settings: Settings,
     spark: SparkSession | None = None,
     topics: list[str] | None = None,
-    *,
-    concurrent: bool = True,
 ) -> dict[str, Any]:
     """Ingest everything new from every event topic into bronze; the topics' queries run
-    at the same time (``concurrent=False``: one after another). Returns the topics read
+    at the same time. Returns the topics read
     and, per bronze table this run appended rows to (``_quarantine`` included), how many.
     When a query fails, the others are stopped (what they committed stays, exactly once)
     and its error is raised."""
@@ -325,12 +323,11 @@ def run(
     ingests = [TopicIngest(topic, lake, writers, quarantine_lock) for topic in names]
     queries: list[StreamingQuery] = []
     try:
-        for ingest in ingests:
+        for ingest in ingests:  # one at a time: a query that fails to start stops those started
             queries.append(_start(spark, settings, lake, ingest))
-            if not concurrent:
-                _finish(queries[-1], ingest.topic)
         for query, ingest in zip(queries, ingests, strict=True):
-            _finish(query, ingest.topic)
+            query.awaitTermination()
+            log.info("bronze: %s caught up", ingest.topic)
     finally:
         for query in queries:
             if query.isActive:
@@ -350,11 +347,6 @@ def _start(spark: SparkSession, settings: Settings, lake: Lake, ingest: TopicIng
         .trigger(availableNow=True)
         .start()
     )
-
-
-def _finish(query: StreamingQuery, topic: str) -> None:
-    query.awaitTermination()
-    log.info("bronze: %s caught up", topic)
 
 
 NOT_INGESTED = frozenset({"reelpulse.alerts", "reelpulse.deadletter"})

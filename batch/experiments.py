@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from batch import experiment_stats as st
 from batch import quality
 from batch import spark as spark_support
-from batch.lake import Lake, LakeLocationError, local_path
+from batch.lake import Lake, LakeLocationError, exists, local_path
 from reelpulse.errors import ReelpulseError
 from reelpulse.settings import Settings
 
@@ -419,9 +419,7 @@ def _adjusted(result: Result, p_holm: float, p_bh: float, catalogue: Catalogue) 
 
 
 def source_exists(spark: SparkSession, lake: Lake) -> bool:
-    from delta.tables import DeltaTable
-
-    return bool(DeltaTable.isDeltaTable(spark, lake.gold(SOURCE)))
+    return exists(spark, lake.gold(SOURCE))
 
 
 def read_source(spark: SparkSession, lake: Lake) -> DataFrame:
@@ -559,11 +557,10 @@ def results_frame(spark: SparkSession, analyses: Iterable[Analysis], computed_at
 
 def _keep_others(spark: SparkSession, lake: Lake, frame: DataFrame, replaced: list[str]) -> DataFrame:
     """``frame`` plus the published rows of every experiment not in ``replaced``."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     path = lake.gold(RESULTS)
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not exists(spark, path):
         return frame
     published = spark.read.format("delta").load(path)
     if published.dtypes != frame.dtypes:
@@ -724,9 +721,7 @@ def write_reports(
 def _published_primaries(spark: SparkSession, lake: Lake, analyses: list[Analysis]) -> list[dict[str, Any]]:
     """The headline rows of primary metrics of every published experiment (this run's
     when the table is not in the lake, e.g. published elsewhere)."""
-    from delta.tables import DeltaTable
-
-    if not DeltaTable.isDeltaTable(spark, lake.gold(RESULTS)):
+    if not exists(spark, lake.gold(RESULTS)):
         now = dt.datetime.now(dt.UTC)
         rows = [row for a in analyses for row in result_rows(a, now)]
         return [row for row in rows if row["headline"] and row["role"] == "primary"]

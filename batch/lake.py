@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from reelpulse.errors import ReelpulseError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 LAYERS = ("bronze", "silver", "gold")
 AUDIT = "_audit"
@@ -134,6 +134,13 @@ def _walk(directory: Path, prefix: str = "") -> list[tuple[str, str]]:
 # A table's rows on their way into the lake pass through an audit (the quality gate's
 # write-audit-publish): it returns the rows to write, or raises and nothing is written.
 Audit = Callable[[str, "DataFrame"], "DataFrame"]
+
+
+def exists(spark: SparkSession, path: str) -> bool:
+    """Whether a Delta table is at ``path``."""
+    from delta.tables import DeltaTable
+
+    return bool(DeltaTable.isDeltaTable(spark, path))
 
 
 def unaudited(table: str, frame: DataFrame) -> DataFrame:

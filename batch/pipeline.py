@@ -140,11 +140,8 @@ def products(settings: Settings, spark: SparkSession) -> ProductsReport:
 
 def gold_gated(settings: Settings, spark: SparkSession) -> dict[str, int]:
     """Gold rebuilt through its gates by a gate of its own (e.g. after an erasure)."""
-    gate = quality.Gate(settings, spark)
-    try:
+    with quality.gated(settings, spark) as gate:
         return gold_step(settings, spark, gate)
-    finally:
-        gate.build_docs()
 
 
 def gold_publish(gate: quality.Gate, spark: SparkSession, lake: Lake) -> gold.Publish:

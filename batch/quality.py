@@ -32,7 +32,8 @@ import math
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -616,3 +617,14 @@ def _delete(spark: SparkSession, path: str) -> None:
     jvm: Any = spark.sparkContext._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
     hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(hadoop_path, True)
+
+
+@contextmanager
+def gated(settings: Settings, spark: SparkSession) -> Iterator[Gate]:
+    """A gate for the steps in the block, whose Data Docs are rendered when the block ends,
+    however it ends: a failed gate's validation is in them."""
+    gate = Gate(settings, spark)
+    try:
+        yield gate
+    finally:
+        gate.build_docs()

@@ -104,10 +104,11 @@ def evaluate(
     from pyspark.sql import functions as F
 
     labels = test.where("relevant").groupBy("user_id").agg(F.collect_set("title_id").alias("_relevant"))
-    top = (
-        recommended.where(F.col("rank") <= protocol.k)
-        .groupBy("user_id")
-        .agg(F.sort_array(F.collect_list(F.struct("rank", "title_id"))).alias("_top"))
+    # The lists are read twice (the ranking metrics, the coverage): computed once, since
+    # computing them is fitting the model.
+    top_k = recommended.where(F.col("rank") <= protocol.k).select("user_id", "rank", "title_id").cache()
+    top = top_k.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("rank", "title_id"))).alias("_top")
     )
     joined = labels.join(top, "user_id", "left").select(
         F.coalesce(F.col("_top.title_id"), F.array().cast("array<string>")).alias("_top"), "_relevant"
@@ -119,9 +120,10 @@ def evaluate(
             for name, mllib in METRICS.items()
         }
         metrics["users"] = float(scored.count())
+        titles = top_k.select("title_id").distinct().count()
     finally:
         scored.unpersist()
-    titles = recommended.where(F.col("rank") <= protocol.k).select("title_id").distinct().count()
+        top_k.unpersist()
     metrics["catalog_coverage"] = titles / catalog_size if catalog_size else 0.0
     return metrics
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from batch import quality, ranking
-from batch.lake import Lake, local_path
+from batch.lake import Lake, exists, local_path
 from batch.ranking import Protocol
 from reelpulse.errors import ReelpulseError
 from reelpulse.settings import Settings
@@ -350,13 +350,13 @@ def _inputs(spark: SparkSession, lake: Lake) -> tuple[DataFrame, DataFrame]:
     from pyspark.sql import functions as F
 
     interactions_path = lake.gold("user_title_interactions")
-    if not _exists(spark, interactions_path):
+    if not exists(spark, interactions_path):
         raise NoFeedback(f"{interactions_path} does not exist yet: run `reelpulse lake build` first")
     feedback = ranking.feedback(spark.read.format("delta").load(interactions_path)).cache()
     if feedback.isEmpty():
         raise NoFeedback("gold.user_title_interactions has no watched or rated titles yet")
     titles_path = lake.silver("dim_titles")
-    if _exists(spark, titles_path):
+    if exists(spark, titles_path):
         titles = (
             spark.read.format("delta")
             .load(titles_path)
@@ -373,7 +373,7 @@ def _cold_start(spark: SparkSession, lake: Lake, data: Data, run_id: str) -> Dat
 
     schema = "user_id string, rank int, title_id string, score double, model_version string"
     path = lake.silver("dim_users")
-    if not _exists(spark, path):
+    if not exists(spark, path):
         return spark.createDataFrame([], schema)
     known = spark.read.format("delta").load(path).select("user_id").distinct()
     users = known.join(data.train.select("user_id"), "user_id", "left_anti")
@@ -423,12 +423,6 @@ def _evaluation_row(run_id: str, published: str, e: Evaluated, protocol: Protoco
         t["catalog_coverage"], int(t["users"]), e.train_seconds, e.model == published,
         dt.datetime.now(dt.UTC),
     )  # fmt: skip
-
-
-def _exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return bool(DeltaTable.isDeltaTable(spark, path))
 
 
 # --- reading them back -----------------------------------------------------------------------

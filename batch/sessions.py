@@ -24,7 +24,7 @@ import datetime as dt
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from batch.lake import Audit, unaudited
+from batch.lake import Audit, exists, unaudited
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -164,16 +164,16 @@ def update(
     from pyspark.sql import functions as F
 
     path = table(SESSIONS)
-    stored = {n: _read(spark, table(n)) for n in PLAYBACK_EVENTS if _exists(spark, table(n))}
+    stored = {n: _read(spark, table(n)) for n in PLAYBACK_EVENTS if exists(spark, table(n))}
     every = playback_events(stored)
     affected = playback_events(new).select("session_id")
-    if _exists(spark, path):
+    if exists(spark, path):
         still_open = spark.read.format("delta").load(path).where("state = 'OPEN'").select("session_id")
         affected = affected.unionByName(still_open)
     as_of = every.agg(F.max("event_time")).collect()[0][0]
     events = every.join(F.broadcast(affected.distinct()), "session_id", "left_semi")
     rows = audit(SESSIONS, sessionize(events, _titles(spark, table), timeout, as_of))
-    if not _exists(spark, path):
+    if not exists(spark, path):
         rows.write.format("delta").partitionBy("started_date").save(path)
         return
     (
@@ -189,16 +189,10 @@ def update(
 def _titles(spark: SparkSession, table: Callable[[str], str]) -> DataFrame:
     from batch.dimensions import TITLES
 
-    if _exists(spark, table(TITLES)):
+    if exists(spark, table(TITLES)):
         return spark.read.format("delta").load(table(TITLES))
     return spark.createDataFrame([], "title_id string, duration_s int")
 
 
 def _read(spark: SparkSession, path: str) -> DataFrame:
     return spark.read.format("delta").load(path)
-
-
-def _exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch import dimensions, pseudonymize, sessions
 from batch import spark as spark_support
-from batch.lake import Audit, Lake, unaudited
+from batch.lake import Audit, Lake, exists, unaudited
 from reelpulse.contract import Contract, EventType
 from reelpulse.settings import Settings
 
@@ -169,7 +169,7 @@ def late_rows(frame: DataFrame, event: EventType, key: tuple[str, ...], watermar
 
 def read_offsets(spark: SparkSession, lake: Lake) -> dict[str, dict[int, int]]:
     """The last bronze offset merged, per table and Kafka partition."""
-    if not _exists(spark, lake.offsets):
+    if not exists(spark, lake.offsets):
         return {}
     marks: dict[str, dict[int, int]] = {}
     for row in spark.read.format("delta").load(lake.offsets).collect():
@@ -197,19 +197,13 @@ def write_offsets(spark: SparkSession, lake: Lake, marks: dict[str, dict[int, in
 # --- Delta writes ----------------------------------------------------------------------------
 
 
-def _exists(spark: SparkSession, path: str) -> bool:
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def merge_new(
     spark: SparkSession, path: str, frame: DataFrame, key: tuple[str, ...], partition: str | None
 ) -> None:
     """Insert the rows whose key is not in the table yet (creating it on first use)."""
     from delta.tables import DeltaTable
 
-    if not _exists(spark, path):
+    if not exists(spark, path):
         writer = frame.write.format("delta")
         (writer.partitionBy(partition) if partition else writer).save(path)
         return
@@ -228,7 +222,7 @@ def merge_new(
 
 def watermark(spark: SparkSession, path: str) -> dt.datetime | None:
     """Newest event time in a silver table (None before its first row)."""
-    if not _exists(spark, path):
+    if not exists(spark, path):
         return None
     newest = spark.read.format("delta").load(path).agg({"event_time": "max"}).collect()[0][0]
     return newest if isinstance(newest, dt.datetime) else None
@@ -304,7 +298,7 @@ LATE_KEY = ("event_type", "event_key")
 def not_in_table(spark: SparkSession, path: str, rows: DataFrame, key: tuple[str, ...]) -> DataFrame:
     """Rows whose key the table does not hold. A run that died after merging a table is
     replayed against a watermark its own rows raised; rows it merged then are not late now."""
-    if not _exists(spark, path):
+    if not exists(spark, path):
         return rows
     return rows.join(spark.read.format("delta").load(path).select(*key), list(key), "left_anti")
 
@@ -337,7 +331,7 @@ def run(
     cached: list[DataFrame] = []
     try:
         for event in contract:
-            if (tables and event.name not in tables) or not _exists(spark, lake.bronze(event.name)):
+            if (tables and event.name not in tables) or not exists(spark, lake.bronze(event.name)):
                 continue
             new = new_bronze_rows(spark, lake.bronze(event.name), marks.get(event.name, {}))
             cached.append(new)

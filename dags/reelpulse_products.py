@@ -35,14 +35,10 @@ def reelpulse_products() -> None:
     @task(outlets=[orch.asset("gold.recommendations"), orch.asset("gold.recommendation_evaluations")])
     def recommendations(outlet_events: Any = None) -> dict[str, Any]:
         """Train, evaluate and publish the recommendations."""
-        from batch import pipeline, quality
+        from batch import pipeline
 
-        with orch.lake_job("reelpulse-products-recommendations") as (settings, spark):
-            gate = quality.Gate(settings, spark)
-            try:
-                result = pipeline.recommendations_step(settings, spark, gate)
-            finally:
-                gate.build_docs()
+        with orch.gated_job("reelpulse-products-recommendations") as (settings, spark, gate):
+            result = pipeline.recommendations_step(settings, spark, gate)
         summary = {"run_id": result.run_id, "published": result.published, "users": int(result.users)}
         for name in ("gold.recommendations", "gold.recommendation_evaluations"):
             outlet_events[orch.asset(name)].extra = summary
@@ -51,14 +47,10 @@ def reelpulse_products() -> None:
     @task(outlets=[orch.asset("gold.experiment_results")])
     def experiment_reports(outlet_events: Any = None) -> dict[str, Any]:
         """Analyse every A/B experiment and publish its results and report."""
-        from batch import pipeline, quality
+        from batch import pipeline
 
-        with orch.lake_job("reelpulse-products-experiments") as (settings, spark):
-            gate = quality.Gate(settings, spark)
-            try:
-                reports = pipeline.experiments_step(settings, spark, gate)
-            finally:
-                gate.build_docs()
+        with orch.gated_job("reelpulse-products-experiments") as (settings, spark, gate):
+            reports = pipeline.experiments_step(settings, spark, gate)
         summary = {"experiments": sorted(reports)}
         outlet_events[orch.asset("gold.experiment_results")].extra = summary
         return summary

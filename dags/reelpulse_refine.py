@@ -30,7 +30,7 @@ from reelpulse import orchestration as orch
 
 @dag(
     dag_id=orch.REFINE,
-    schedule=AssetAny(*orch.assets("bronze", orch.EVENT_TABLES)),
+    schedule=AssetAny(*map(orch.asset, orch.REFINE_ON)),
     catchup=False,
     max_active_runs=1,
     default_args=orch.default_args(execution_timeout=dt.timedelta(hours=1)),
@@ -41,14 +41,10 @@ def reelpulse_refine() -> None:
     @task(outlets=[orch.alias("silver")])
     def silver(outlet_events: Any = None) -> dict[str, Any]:
         """Bring silver up to date with bronze, every table through its quality gate."""
-        from batch import pipeline, quality
+        from batch import pipeline
 
-        with orch.lake_job("reelpulse-refine-silver") as (settings, spark):
-            gate = quality.Gate(settings, spark)
-            try:
-                result = pipeline.silver_step(settings, spark, gate, settings.pseudonymization_key())
-            finally:
-                gate.build_docs()
+        with orch.gated_job("reelpulse-refine-silver") as (settings, spark, gate):
+            result = pipeline.silver_step(settings, spark, gate, settings.pseudonymization_key())
         written = {table: dict(result.events.get(table, {})) for table in result.tables}
         return {"merged": result.events, "updated": orch.emit(outlet_events, "silver", written)}
 
@@ -59,14 +55,10 @@ def reelpulse_refine() -> None:
 
         if not orch.gold_needed(silver_run["updated"], str(dag_run.run_type)):
             raise AirflowSkipException("silver wrote nothing new in this run: gold is up to date")
-        from batch import pipeline, quality
+        from batch import pipeline
 
-        with orch.lake_job("reelpulse-refine-gold") as (settings, spark):
-            gate = quality.Gate(settings, spark)
-            try:
-                rows = pipeline.gold_step(settings, spark, gate)
-            finally:
-                gate.build_docs()
+        with orch.gated_job("reelpulse-refine-gold") as (settings, spark, gate):
+            rows = pipeline.gold_step(settings, spark, gate)
         for table, count in rows.items():
             outlet_events[orch.asset(f"gold.{table}")].extra = {"rows": int(count)}
         return {"rows": {table: int(count) for table, count in rows.items()}}

@@ -44,7 +44,6 @@ from reelpulse import orchestration, stack
 from reelpulse.clitools import run as reported
 from reelpulse.errors import StackError
 from reelpulse.settings import Settings
-from reelpulse.testing import settings_env
 
 airflow_app = typer.Typer(
     help="Airflow 3 for the lake's DAGs (dags/): start, stop, trigger, inspect.", no_args_is_help=True
@@ -66,7 +65,7 @@ TUNING = {
 FINISHED = frozenset({"success", "failed"})
 # A run of the key DAG updates assets the value DAG is scheduled on (any one starts it).
 DOWNSTREAM = {orchestration.INGEST: orchestration.REFINE}
-SCHEDULED_ON = {orchestration.REFINE: frozenset(f"bronze.{t}" for t in orchestration.EVENT_TABLES)}
+SCHEDULED_ON = {orchestration.REFINE: frozenset(orchestration.REFINE_ON)}
 HEALTH_TIMEOUT_S = 5.0
 HTTP_TIMEOUT_S = 30.0  # a busy two-core machine answers slowly
 STOP_TIMEOUT_S = 60.0
@@ -125,7 +124,7 @@ def environment(settings: Settings) -> dict[str, str]:
     }
     if secret.exists():
         required["AIRFLOW__API_AUTH__JWT_SECRET"] = secret.read_text().strip()
-    return {**TUNING, **os.environ, **settings_env(settings), **required}
+    return {**TUNING, **os.environ, **settings.as_env(), **required}
 
 
 def password(settings: Settings) -> str | None:
@@ -216,40 +215,12 @@ def spawn(settings: Settings, *, foreground: bool = False) -> subprocess.Popen[b
     return process
 
 
-def wait_ready(settings: Settings, process: subprocess.Popen[bytes] | int, timeout_s: float) -> None:
-    """Wait until every component is healthy; a StackError if standalone exits or times out."""
-    pid = process if isinstance(process, int) else process.pid
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if healthy(settings):
-            return
-        if not _alive(process):
-            SERVICE.pid_file(settings).unlink(missing_ok=True)
-            raise StackError(
-                f"airflow exited during start-up; last lines of {SERVICE.log_file(settings)}:\n"
-                f"{stack.tail(SERVICE, settings, 25)}"
-            )
-        time.sleep(1.0)
-    raise StackError(
-        f"Airflow (pid {pid}) not healthy after {timeout_s:.0f}s; see {SERVICE.log_file(settings)}"
-    )
-
-
-def _alive(process: subprocess.Popen[bytes] | int) -> bool:
-    if isinstance(process, subprocess.Popen):
-        return process.poll() is None
-    try:
-        return psutil.Process(process).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def start(settings: Settings, timeout_s: float) -> int:
     """Start airflow standalone in the background unless it runs; wait until it is healthy."""
     pid = running_pid(settings)
     if pid is None:
         pid = spawn(settings).pid
-    wait_ready(settings, pid, timeout_s)
+    stack.wait_ready(SERVICE, settings, pid, timeout_s)
     return pid
 
 
@@ -459,7 +430,7 @@ def run_foreground(unpause: UNPAUSE = True, timeout: TIMEOUT = 300.0) -> None:
         )
     process = spawn(settings, foreground=True)
     try:
-        wait_ready(settings, process, timeout)
+        stack.wait_ready(SERVICE, settings, process.pid, timeout)
         _ready(settings, unpause, timeout)
         process.wait()
     except KeyboardInterrupt:

@@ -45,6 +45,8 @@ from reelpulse.settings import Settings
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from batch.quality import Gate
+
 log = logging.getLogger("reelpulse.orchestration")
 
 INGEST, REFINE, PRODUCTS, MAINTENANCE = (
@@ -53,16 +55,15 @@ INGEST, REFINE, PRODUCTS, MAINTENANCE = (
 DAG_IDS = (INGEST, REFINE, PRODUCTS, MAINTENANCE)
 OWNER = "reelpulse-data"
 
-# The lake's tables (see the module docstring; tests/unit/test_dags.py keeps them true).
+# The tables the DAGs name before they run (see the module docstring; tests/unit/test_dags.py
+# keeps them true). The silver tables' assets are the ones the silver task emits.
 EVENT_TABLES = (
     "bitrate_switch", "cdn_request", "experiment_exposure", "login", "logout", "playback_error",
     "playback_heartbeat", "playback_pause", "playback_resume", "playback_seek", "playback_start",
     "playback_stop", "rating", "search", "title",
 )  # fmt: skip
-BRONZE_TABLES = (*EVENT_TABLES, "_quarantine")
-SILVER_TABLES = (
-    *EVENT_TABLES, "playback_sessions", "dim_titles", "dim_users", "dim_devices", "dim_cdn_edges", "_late",
-)  # fmt: skip
+# What reelpulse_refine is scheduled on: any bronze event table (not the quarantine).
+REFINE_ON = tuple(f"bronze.{table}" for table in EVENT_TABLES)
 GOLD_TABLES = (
     "title_engagement_daily", "playback_quality_daily", "cdn_edge_daily", "active_users_daily",
     "retention_cohorts", "login_security_daily", "user_title_interactions", "experiment_user_metrics",
@@ -157,6 +158,15 @@ def lake_job(app_name: str) -> Iterator[tuple[Settings, SparkSession]]:
         yield settings, spark
     finally:
         spark.stop()
+
+
+@contextmanager
+def gated_job(app_name: str) -> Iterator[tuple[Settings, SparkSession, Gate]]:
+    """:func:`lake_job` with a quality gate whose Data Docs are rendered at the end."""
+    from batch import quality
+
+    with lake_job(app_name) as (settings, spark), quality.gated(settings, spark) as gate:
+        yield settings, spark, gate
 
 
 # --------------------------------------------------------------------------- failure alerts

@@ -149,6 +149,16 @@ class Settings(BaseSettings):
             )
         return self.silver_pseudonymization_key.get_secret_value().encode()
 
+    def as_env(self) -> dict[str, str]:
+        """``REELPULSE_*`` variables that make a child process build these same settings."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
+        return env
+
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings shared by producers, consumers and the admin client."""
         config = {

@@ -404,7 +404,7 @@ def start(service: Service, settings: Settings) -> int:
             _check_port_free(port, service)
         service.prepare(settings)
         pid = _spawn(service, settings)
-    _wait_ready(service, settings, pid)
+    wait_ready(service, settings, pid)
     return pid
 
 
@@ -432,12 +432,15 @@ def _spawn(service: Service, settings: Settings) -> int:
     return process.pid
 
 
-def _wait_ready(service: Service, settings: Settings, pid: int) -> None:
-    deadline = time.monotonic() + settings.startup_timeout_s
+def wait_ready(service: Service, settings: Settings, pid: int, timeout_s: float | None = None) -> None:
+    """Wait until ``service.ready``; a StackError naming the log if the process exits first
+    (its last lines) or ``timeout_s`` (default: the settings' start-up timeout) passes."""
+    timeout_s = settings.startup_timeout_s if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if service.ready(settings):
             return
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+        if _exited(pid):
             service.pid_file(settings).unlink(missing_ok=True)
             raise StackError(
                 f"{service.name} exited during start-up; last lines of "
@@ -445,8 +448,16 @@ def _wait_ready(service: Service, settings: Settings, pid: int) -> None:
             )
         time.sleep(0.5)
     raise StackError(
-        f"{service.name} not ready after {settings.startup_timeout_s:.0f}s; see {service.log_file(settings)}"
+        f"{service.name} (pid {pid}) not ready after {timeout_s:.0f}s; see {service.log_file(settings)}"
     )
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie (a child that exited and was not reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
 
 
 def stop(service: Service, settings: Settings, timeout_s: float = 30.0) -> bool:

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
-
-from reelpulse.settings import ENV_PREFIX, Settings
+from reelpulse.settings import Settings
 
 
 def free_port() -> int:
@@ -36,15 +34,7 @@ def stack_settings(state_dir: Path, **overrides: object) -> Settings:
     return Settings(**{**values, **overrides})  # type: ignore[arg-type]
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``REELPULSE_*`` variables that make a child process build these same settings."""
-    env = {}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-        env[f"{ENV_PREFIX}{name.upper()}"] = text
-    return env
+settings_env = Settings.as_env  # the environment a child process needs for these settings
 
 
 def plain(value: Any) -> Any:

@@ -130,3 +130,15 @@ def test_duckdb_and_delta_rs_read_what_spark_reads(spark, lake_settings: Setting
     connection = sql.connect()
     assert connection.execute(f"SELECT count(*) FROM delta_scan('{path}')").fetchone()[0] == spark_count
     assert Path(path).exists()
+
+
+def test_a_topic_that_fails_fails_the_run_and_stops_every_query(
+    spark, lake_settings: Settings, ingested: dict, tmp_path: Path
+) -> None:
+    settings = lake_settings.model_copy(update={"lake_dir": str(tmp_path / "lake")})
+    blocked = Path(Lake(settings.lake_dir).checkpoint("reelpulse.ratings"))
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where the checkpoint directory goes")
+    with pytest.raises(Exception, match=r"Destination exists and is not a directory: .*reelpulse\.ratings"):
+        bronze.run(settings, spark, ["reelpulse.catalog", "reelpulse.ratings", "reelpulse.searches"])
+    assert spark.streams.active == []
