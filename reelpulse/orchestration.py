@@ -10,9 +10,11 @@ setting, ``.env`` included, to Airflow's processes).
 **Assets, one per lake table.** Every bronze, silver and gold table, and each product
 table other teams read (``gold.recommendations``, ``gold.recommendation_evaluations``,
 ``gold.experiment_results``), is an asset named ``<layer>.<table>`` whose URI is the
-table's location. The table names are listed here, not found by reading the contract or
-the lake, so parsing a DAG file reads no file; a unit test holds the lists equal to the
-contract (``schemas/``), ``batch/silver.yml`` and ``batch/gold.py``.
+table's location. The tables a DAG names at parse time (the bronze event tables refine is
+scheduled on, the gold tables) are listed here, not found by reading the contract or the
+lake, so parsing a DAG file reads no file; a unit test holds the lists equal to the
+contract (``schemas/``) and ``batch/gold.py``. The silver tables' assets are named by the
+events the silver task emits.
 
 The bronze and silver tasks write only the tables that got new rows, so they emit their
 asset events through an alias per layer (``reelpulse-bronze``, ``reelpulse-silver``): one
