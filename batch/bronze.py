@@ -156,17 +156,16 @@ def _nullable(avro_type: Any) -> bool:
     return isinstance(avro_type, list) and "null" in avro_type
 
 
-def to_bronze(decoded: DataFrame, event: EventType, *, lenient: bool) -> DataFrame:
-    """Bronze rows of a decode: the record's fields, the Kafka metadata and the event date.
-    Of a ``lenient`` (PERMISSIVE) decode only the rows that decoded; a FAILFAST decode has
-    no other kind, and filtering it would decode every body twice (the optimizer pushes
-    the filter below the projection, copying ``from_avro`` into it)."""
+def to_bronze(decoded: DataFrame, event: EventType) -> DataFrame:
+    """Bronze rows of decoded records: the record's fields, the Kafka metadata and the
+    event date. No filter here: a FAILFAST decode holds only records that decoded, and a
+    filter on ``_record`` over an unpersisted decode would decode every body twice (the
+    optimizer pushes it below the projection, copying ``from_avro`` into it)."""
     from pyspark.sql import functions as F
 
     fields = [F.col(f"_record.{f['name']}").alias(f["name"]) for f in event.schema["fields"]]
     meta = [c for c in decoded.columns if c.startswith("_") and c != "_record"]
-    rows = decoded.where(decoded_ok(event)) if lenient else decoded
-    return rows.select(
+    return decoded.select(
         *fields, *meta, F.to_date(F.col(f"_record.{event_time_path(event)}")).alias("event_date")
     )
 
@@ -253,9 +252,7 @@ class TopicIngest:
         """Write one event type's rows; returns quarantine frames of bodies that failed."""
         event = parts[0].event
         path, app_id = self.lake.bronze(event.name), f"bronze:{self.topic}:{event.name}"
-        strict = _union(
-            [to_bronze(decode(p.rows, p.writer, "FAILFAST"), event, lenient=False) for p in parts]
-        )
+        strict = _union([to_bronze(decode(p.rows, p.writer, "FAILFAST"), event) for p in parts])
         try:
             self.rows[event.name] += self._append(path, strict, app_id, batch_id, sum(p.count for p in parts))
             return []
@@ -265,7 +262,7 @@ class TopicIngest:
         log.warning("batch %s: %s has bodies that do not decode; quarantining them", batch_id, event.name)
         decoded = [(p.writer, decode(p.rows, p.writer, "PERMISSIVE").persist()) for p in parts]
         cached.extend(frame for _, frame in decoded)
-        lenient = _union([to_bronze(frame, event, lenient=True) for _, frame in decoded])
+        lenient = _union([to_bronze(frame.where(decoded_ok(event)), event) for _, frame in decoded])
         self.rows[event.name] += self._append(path, lenient, app_id, batch_id, lenient.count())
         return [undecodable(frame, writer) for writer, frame in decoded]
 
