@@ -21,7 +21,8 @@ import json
 import logging
 import threading
 from collections import Counter
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -195,12 +196,23 @@ class TopicIngest:
     ``FAILFAST`` decoding: in the common case, where every body decodes, a record is
     decoded once and never counted again. Only when a body fails to decode is that event
     type redone in ``PERMISSIVE`` mode, which splits it into bronze rows and quarantine.
+
+    A topic's event types are written ``threads`` at a time, the largest
+    first: one event type's write is a Spark job of one task per Kafka partition, so
+    alone it leaves cores idle while its last task runs; the next event type's tasks fill
+    them. Every write is idempotent (``txnAppId``/``txnVersion``), so when one fails the
+    batch is replayed and the event types already written are skipped.
     """
 
     def __init__(
-        self, topic: str, lake: Lake, writers: WriterCache, quarantine_lock: threading.Lock | None = None
+        self,
+        topic: str,
+        lake: Lake,
+        writers: WriterCache,
+        quarantine_lock: threading.Lock | None = None,
+        threads: int = 1,
     ) -> None:
-        self.topic, self.lake, self.writers = topic, lake, writers
+        self.topic, self.lake, self.writers, self.threads = topic, lake, writers, threads
         # Every topic's query appends to the one quarantine table: one at a time, so that two
         # first appends never race to create it.
         self.quarantine_lock = quarantine_lock or threading.Lock()
@@ -215,8 +227,10 @@ class TopicIngest:
         cached: list[DataFrame] = [frame]
         try:
             by_event, quarantine = self._route(frame)
-            for _, parts in sorted(by_event.items()):
-                quarantine.extend(self._ingest(parts, batch_id, cached))
+            for written in self._ingest_all(list(by_event.values()), batch_id):
+                self.rows[written.table] += written.rows
+                quarantine.extend(written.quarantine)
+                cached.extend(written.cached)
             if quarantine:
                 path, app_id = self.lake.bronze(QUARANTINE), f"bronze:{self.topic}:quarantine"
                 rows = _union(quarantine)
@@ -248,23 +262,56 @@ class TopicIngest:
                 by_event.setdefault(writer.event.name, []).append(Part(writer, rows, int(row["count"])))
         return by_event, quarantine
 
-    def _ingest(self, parts: list[Part], batch_id: int, cached: list[DataFrame]) -> list[DataFrame]:
-        """Write one event type's rows; returns quarantine frames of bodies that failed."""
+    def _ingest_all(self, event_types: list[list[Part]], batch_id: int) -> list[Written]:
+        """Write every event type, ``threads`` at a time, the largest first. Once a write
+        fails no other begins; those running finish, and the first error is raised."""
+        largest_first = sorted(event_types, key=lambda parts: -sum(p.count for p in parts))
+        if self.threads <= 1 or len(largest_first) <= 1:
+            return [self._ingest(parts, batch_id) for parts in largest_first]
+        failed = threading.Event()
+
+        def write(parts: list[Part]) -> Written | None:
+            if failed.is_set():
+                return None
+            try:
+                return self._ingest(parts, batch_id)
+            except BaseException:
+                failed.set()
+                raise
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix=f"bronze-{self.topic}") as pool:
+            futures = [pool.submit(write, parts) for parts in largest_first]
+        errors = [error for error in (future.exception() for future in futures) if error is not None]
+        written = [w for w in (f.result() for f in futures if f.exception() is None) if w is not None]
+        if errors:
+            for each in written:  # the batch fails: release what the PERMISSIVE redos cached
+                for frame in each.cached:
+                    frame.unpersist()
+            raise errors[0]
+        return written
+
+    def _ingest(self, parts: list[Part], batch_id: int) -> Written:
+        """Write one event type's rows, with quarantine frames of the bodies that failed."""
         event = parts[0].event
         path, app_id = self.lake.bronze(event.name), f"bronze:{self.topic}:{event.name}"
         strict = _union([to_bronze(decode(p.rows, p.writer, "FAILFAST"), event) for p in parts])
         try:
-            self.rows[event.name] += self._append(path, strict, app_id, batch_id, sum(p.count for p in parts))
-            return []
+            rows = self._append(path, strict, app_id, batch_id, sum(p.count for p in parts))
+            return Written(event.name, rows)
         except Exception as error:  # only a body that fails to decode is handled here
             if MALFORMED not in str(error):
                 raise
         log.warning("batch %s: %s has bodies that do not decode; quarantining them", batch_id, event.name)
         decoded = [(p.writer, decode(p.rows, p.writer, "PERMISSIVE").persist()) for p in parts]
-        cached.extend(frame for _, frame in decoded)
-        lenient = _union([to_bronze(frame.where(decoded_ok(event)), event) for _, frame in decoded])
-        self.rows[event.name] += self._append(path, lenient, app_id, batch_id, lenient.count())
-        return [undecodable(frame, writer) for writer, frame in decoded]
+        frames = [frame for _, frame in decoded]
+        try:
+            lenient = _union([to_bronze(frame.where(decoded_ok(event)), event) for frame in frames])
+            rows = self._append(path, lenient, app_id, batch_id, lenient.count())
+        except Exception:
+            for frame in frames:
+                frame.unpersist()
+            raise
+        return Written(event.name, rows, [undecodable(frame, writer) for writer, frame in decoded], frames)
 
     def _append(self, path: str, frame: DataFrame, app_id: str, batch_id: int, rows: int) -> int:
         """Append ``frame`` (``rows`` rows) once per batch id; returns ``rows``."""
@@ -281,6 +328,17 @@ class TopicIngest:
         )
         log.info("batch %s: %s rows to %s", batch_id, rows, path)
         return rows
+
+
+@dataclass(frozen=True)
+class Written:
+    """What writing one event type of a batch did: rows appended to its table, quarantine
+    frames of bodies that did not decode, and the frames cached to split them."""
+
+    table: str
+    rows: int
+    quarantine: list[DataFrame] = field(default_factory=list)
+    cached: list[DataFrame] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -327,8 +385,8 @@ def run(
     spark = spark or spark_support.session(settings, "reelpulse-bronze")
     lake, writers = Lake(settings.lake_dir), WriterCache(settings, contract)
     names = topics or sorted({e.topic for e in contract if e.topic not in NOT_INGESTED})
-    quarantine_lock = threading.Lock()
-    ingests = [TopicIngest(topic, lake, writers, quarantine_lock) for topic in names]
+    quarantine_lock, threads = threading.Lock(), settings.bronze_writer_threads
+    ingests = [TopicIngest(topic, lake, writers, quarantine_lock, threads) for topic in names]
     queries: list[StreamingQuery] = []
     try:
         for ingest in ingests:  # one at a time: a query that fails to start stops those started

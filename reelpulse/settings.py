@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="Kafka records per bronze micro-batch per topic (bounds memory; the batch is cached "
         "and spills to disk when it must; fewer batches mean fewer Delta commits).",
     )
+    bronze_writer_threads: int = Field(
+        3,
+        ge=1,
+        description="Event types of one topic's micro-batch written at the same time (each write is a "
+        "Spark job of one task per Kafka partition; the next one's tasks fill the cores the last leaves).",
+    )
     silver_pseudonymization_key: SecretStr | None = Field(
         None, description="Key of the keyed hash (HMAC-SHA256) of personal fields; at least 16 bytes."
     )
