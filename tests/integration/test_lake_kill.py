@@ -51,7 +51,7 @@ def lake_settings(settings: Settings, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def produced(lake_settings: Settings, contract: Contract, schema_ids: dict[str, int]) -> int:
-    simulator = Simulator(SimulationConfig(seed=21, users=500, titles=60, rate=600.0, duration_s=40.0))
+    simulator = Simulator(SimulationConfig(seed=21, users=500, titles=60, rate=600.0, duration_s=20.0))
     with EventProducer(lake_settings, contract, schema_ids=schema_ids) as producer:
         count = producer.produce_all(("title", t) for t in simulator.catalog())
         return count + producer.produce_all(simulator.events())
