@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from batch import lake
+from batch.spark import session_conf
 from reelpulse.errors import ReelpulseError
 from reelpulse.settings import Settings
 
@@ -175,20 +176,6 @@ def vacuum_table(spark: SparkSession, path: str, retain_hours: float) -> tuple[i
 def retention_check_disabled(spark: SparkSession) -> AbstractContextManager[None]:
     """Turn Delta's VACUUM retention check off in this Spark session, and restore it after."""
     return session_conf(spark, {RETENTION_CHECK: "false"})
-
-
-@contextmanager
-def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
-    """Set Spark SQL confs of this session for the block, then put back what was there
-    (unset again when nothing was)."""
-    previous = {key: spark.conf.get(key, None) for key in values}
-    for key, value in values.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, old in previous.items():
-            spark.conf.set(key, old) if old is not None else spark.conf.unset(key)
 
 
 def threshold_hours(details: Mapping[str, Any]) -> float:

@@ -9,6 +9,8 @@ S3A options from the ``s3_*`` settings and the S3A jars (see jvm/spark-s3/pom.xm
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -50,6 +52,23 @@ def session(settings: Settings, app_name: str = "reelpulse") -> SparkSession:
     return spark
 
 
+@contextmanager
+def session_conf(spark: SparkSession, values: Mapping[str, str]) -> Iterator[None]:
+    """Set Spark SQL confs of this session for the block, then put back what was there
+    (unset again when nothing was)."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
+
+
 def session_config(settings: Settings, jars: list[Path]) -> dict[str, str]:
     """Every option of the lake jobs' session, from the settings and the connector jars."""
     config = {
@@ -64,6 +83,9 @@ def session_config(settings: Settings, jars: list[Path]) -> dict[str, str]:
         "spark.sql.streaming.stopGracefullyOnShutdown": "true",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.databricks.delta.snapshotPartitions": "2",  # small tables, few cores
+        # Room for the generated code of every bronze event type's plans (about 100 per run),
+        # so a session that ingests again reuses it instead of compiling it anew.
+        "spark.sql.codegen.cache.maxEntries": "1000",
     }
     if settings.spark_master.startswith("local"):
         # Nothing outside this machine talks to a local driver. A cluster's executors

@@ -61,10 +61,11 @@ class Settings(BaseSettings):
         "and spills to disk when it must; fewer batches mean fewer Delta commits).",
     )
     bronze_writer_threads: int = Field(
-        3,
+        8,
         ge=1,
         description="Event types of one topic's micro-batch written at the same time (each write is a "
-        "Spark job of one task per Kafka partition; the next one's tasks fill the cores the last leaves).",
+        "Spark job of one task per Kafka partition; while one plans or commits on the driver, the others' "
+        "tasks keep the cores busy). 8 writes every event type of the playback topic at once.",
     )
     silver_pseudonymization_key: SecretStr | None = Field(
         None, description="Key of the keyed hash (HMAC-SHA256) of personal fields; at least 16 bytes."

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Producer
 
-from batch import bronze, sql
+from batch import bronze, maintenance, sql
 from batch.lake import Lake
 from reelpulse import topics
 from reelpulse.contract import Contract, TopicSpec, encode
@@ -142,3 +143,36 @@ def test_a_topic_that_fails_fails_the_run_and_stops_every_query(
     with pytest.raises(Exception, match=r"Destination exists and is not a directory: .*reelpulse\.ratings"):
         bronze.run(settings, spark, ["reelpulse.catalog", "reelpulse.ratings", "reelpulse.searches"])
     assert spark.streams.active == []
+
+
+def test_a_batch_has_one_ingest_time_and_bronze_parquet_settings_stay_in_bronze(
+    spark, lake_settings: Settings, contract: Contract, ingested: dict
+) -> None:
+    assert all(spark.conf.get(key, None) != value for key, value in bronze.WRITE_CONF.items())
+    lake = Lake(lake_settings.lake_dir)
+    playback = [e.name for e in contract if e.topic == "reelpulse.playback" and e.name in ingested["ids"]]
+    times = set()
+    for name in playback:
+        table = spark.read.format("delta").load(lake.bronze(name))
+        times |= {row[0] for row in table.select("_ingested_at").distinct().collect()}
+    assert len(playback) > 1
+    assert len(times) == 1  # the topic came in one micro-batch
+
+    path = lake.bronze("playback_heartbeat")
+    assert dictionary_encoded(path) == {False}
+    [compacted] = maintenance.optimize(lake_settings, spark, ["bronze"], ["bronze.playback_heartbeat"])
+    assert compacted.files_after < compacted.files_before
+    assert True in dictionary_encoded(path)  # OPTIMIZE writes with the session's defaults
+
+
+def dictionary_encoded(path: str) -> set[bool]:
+    """Whether each column chunk of the table's current files is dictionary-encoded."""
+    from deltalake import DeltaTable
+
+    found = set()
+    for uri in DeltaTable(path).file_uris():
+        meta = pq.ParquetFile(uri.removeprefix("file://")).metadata
+        for group in range(meta.num_row_groups):
+            for column in range(meta.num_columns):
+                found.add(any("DICTIONARY" in e for e in meta.row_group(group).column(column).encodings))
+    return found
