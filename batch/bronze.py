@@ -51,13 +51,16 @@ TABLE_PROPERTIES = {
 }
 
 
-# How bronze writes Parquet: set on the session for a run, then put back. A micro-batch
-# spans a day or two of event dates: each task writes every date it meets into a file of
-# its own (up to 8 open at once) instead of first sorting its rows by date. Bronze is
-# written once and read once, by silver's incremental pass, so it skips dictionary
-# encoding (a tenth of the ingest's CPU; the files come out about half as large again);
-# OPTIMIZE, which runs with the session's defaults, rewrites compacted files with them.
-WRITE_CONF = {
+# Bronze's session options, set for a run and then put back. The micro-batch is cached
+# uncompressed: its columns are mostly Avro bodies that do not compress, and the encoders
+# that try to cost more than they save. A micro-batch spans a day or two of event dates:
+# each task writes every date it meets into a file of its own (up to 8 open at once)
+# instead of first sorting its rows by date. Bronze is written once and read once, by
+# silver's incremental pass, so it skips dictionary encoding (a tenth of the ingest's CPU;
+# the files come out about half as large again); OPTIMIZE, which runs with the session's
+# defaults, rewrites compacted files with them.
+RUN_CONF = {
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
     "spark.sql.maxConcurrentOutputFileWriters": "8",
     "parquet.enable.dictionary": "false",
 }
@@ -404,8 +407,8 @@ def run(
     quarantine_lock, threads = threading.Lock(), settings.bronze_writer_threads
     ingests = [TopicIngest(topic, lake, writers, quarantine_lock, threads) for topic in names]
     queries: list[StreamingQuery] = []
-    # WRITE_CONF for bronze's writes only: the caller's session gets its settings back after.
-    with spark_support.session_conf(spark, WRITE_CONF):
+    # RUN_CONF for bronze only: the caller's session gets its settings back after.
+    with spark_support.session_conf(spark, RUN_CONF):
         try:
             for ingest in ingests:  # one at a time: a query that fails to start stops those started
                 queries.append(_start(spark, settings, lake, ingest))

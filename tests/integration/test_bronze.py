@@ -148,7 +148,7 @@ def test_a_topic_that_fails_fails_the_run_and_stops_every_query(
 def test_a_batch_has_one_ingest_time_and_bronze_parquet_settings_stay_in_bronze(
     spark, lake_settings: Settings, contract: Contract, ingested: dict
 ) -> None:
-    assert all(spark.conf.get(key, None) != value for key, value in bronze.WRITE_CONF.items())
+    assert all(spark.conf.get(key, None) != value for key, value in bronze.RUN_CONF.items())
     lake = Lake(lake_settings.lake_dir)
     playback = [e.name for e in contract if e.topic == "reelpulse.playback" and e.name in ingested["ids"]]
     times = set()

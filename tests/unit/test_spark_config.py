@@ -11,7 +11,7 @@ from xml.etree import ElementTree
 import pyspark
 import pytest
 
-from batch.spark import s3a_config, session_config
+from batch.spark import kafka_options, s3a_config, session_config
 from reelpulse import stack
 from reelpulse.settings import ENV_PREFIX, PROJECT_ROOT, Settings
 
@@ -70,6 +70,16 @@ def test_a_local_lake_gets_no_s3a_and_a_loopback_driver(plain: Settings) -> None
     assert not [key for key in config if key.startswith(S3A)]
     assert config["spark.driver.host"] == config["spark.driver.bindAddress"] == "127.0.0.1"
     assert config["spark.sql.shuffle.partitions"] == str(plain.spark_shuffle_partitions)
+
+
+def test_the_kafka_source_gets_the_clients_settings_and_a_short_fetch_wait(plain: Settings) -> None:
+    settings = plain.model_copy(update={"kafka_bootstrap_servers": "broker-1:9092,broker-2:9092"})
+    options = kafka_options(settings)
+    assert options["kafka.bootstrap.servers"] == "broker-1:9092,broker-2:9092"
+    assert options["kafka.security.protocol"] == settings.kafka_security_protocol
+    # A catch-up ends at the end of the log: the broker must not hold its last fetches 500 ms.
+    assert int(options["kafka.fetch.max.wait.ms"]) < 100
+    assert all(key.startswith("kafka.") for key in options)
 
 
 def test_the_s3a_jars_are_fetched_only_for_a_lake_on_s3(plain: Settings) -> None:
