@@ -128,7 +128,36 @@ def s3a_config(settings: Settings) -> dict[str, str]:
 FETCH_MAX_WAIT_MS = "10"
 
 
+# The Java login module of each SASL mechanism the settings allow.
+JAAS_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
 def kafka_options(settings: Settings) -> dict[str, str]:
-    """The Kafka source's options, from the same settings every client uses."""
-    client = {f"kafka.{key}": value for key, value in settings.kafka_client_config().items()}
-    return client | {"kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS}
+    """The Kafka source's options: the settings every client uses, in the names of Kafka's
+    Java client (a SASL login as a JAAS line, the CA file as a PEM trust store)."""
+    options = {
+        "kafka.bootstrap.servers": settings.kafka_bootstrap_servers,
+        "kafka.security.protocol": settings.kafka_security_protocol,
+        "kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS,
+    }
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
+        module = JAAS_LOGIN_MODULES[settings.kafka_sasl_mechanism]
+        username = _jaas_quoted(settings.kafka_sasl_username or "")
+        options["kafka.sasl.mechanism"] = settings.kafka_sasl_mechanism
+        options["kafka.sasl.jaas.config"] = (
+            f"{module} required username={username} password={_jaas_quoted(password)};"
+        )
+    if settings.kafka_ssl_ca_location:
+        options["kafka.ssl.truststore.type"] = "PEM"
+        options["kafka.ssl.truststore.location"] = str(settings.kafka_ssl_ca_location)
+    return options
+
+
+def _jaas_quoted(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

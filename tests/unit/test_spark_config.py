@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 
 import pyspark
 import pytest
+from pydantic import SecretStr
 
 from batch.spark import kafka_options, s3a_config, session_config
 from reelpulse import stack
@@ -80,6 +81,29 @@ def test_the_kafka_source_gets_the_clients_settings_and_a_short_fetch_wait(plain
     # A catch-up ends at the end of the log: the broker must not hold its last fetches 500 ms.
     assert int(options["kafka.fetch.max.wait.ms"]) < 100
     assert all(key.startswith("kafka.") for key in options)
+
+
+def test_a_sasl_ssl_cluster_gets_the_java_clients_login_and_trust_store(plain: Settings) -> None:
+    settings = plain.model_copy(
+        update={
+            "kafka_security_protocol": "SASL_SSL",
+            "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": "bronze",
+            "kafka_sasl_password": SecretStr('pa"ss\\word'),
+            "kafka_ssl_ca_location": Path("/etc/kafka/ca.pem"),
+        }
+    )
+    options = kafka_options(settings)
+    assert options["kafka.security.protocol"] == "SASL_SSL"
+    assert options["kafka.sasl.mechanism"] == "SCRAM-SHA-512"
+    assert options["kafka.sasl.jaas.config"] == (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        'username="bronze" password="pa\\"ss\\\\word";'
+    )
+    assert options["kafka.ssl.truststore.type"] == "PEM"
+    assert options["kafka.ssl.truststore.location"] == "/etc/kafka/ca.pem"
+    # librdkafka's names mean nothing to the Java client Spark's Kafka source runs.
+    assert not {"kafka.sasl.username", "kafka.sasl.password", "kafka.ssl.ca.location"} & set(options)
 
 
 def test_the_s3a_jars_are_fetched_only_for_a_lake_on_s3(plain: Settings) -> None:
