@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from reelpulse import stack
-from reelpulse.settings import Settings
+from reelpulse.settings import Settings, secret_value
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -114,9 +114,8 @@ def s3a_config(settings: Settings) -> dict[str, str]:
             # an AWS endpoint names its own region.
             config[f"{s3a}endpoint.region"] = S3_COMPATIBLE_REGION
     if settings.s3_access_key_id:
-        secret = settings.s3_secret_access_key
         config[f"{s3a}access.key"] = settings.s3_access_key_id
-        config[f"{s3a}secret.key"] = secret.get_secret_value() if secret else ""
+        config[f"{s3a}secret.key"] = secret_value(settings.s3_secret_access_key)
         config[f"{s3a}aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
     return config
 
@@ -145,13 +144,11 @@ def kafka_options(settings: Settings) -> dict[str, str]:
         "kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS,
     }
     if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
         module = JAAS_LOGIN_MODULES[settings.kafka_sasl_mechanism]
         username = _jaas_quoted(settings.kafka_sasl_username or "")
+        password = _jaas_quoted(secret_value(settings.kafka_sasl_password))
         options["kafka.sasl.mechanism"] = settings.kafka_sasl_mechanism
-        options["kafka.sasl.jaas.config"] = (
-            f"{module} required username={username} password={_jaas_quoted(password)};"
-        )
+        options["kafka.sasl.jaas.config"] = f"{module} required username={username} password={password};"
     if settings.kafka_ssl_ca_location:
         options["kafka.ssl.truststore.type"] = "PEM"
         options["kafka.ssl.truststore.location"] = str(settings.kafka_ssl_ca_location)

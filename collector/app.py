@@ -50,7 +50,7 @@ from collector.limits import RateLimiter, retry_after
 from collector.sink import KafkaSink, Sink
 from reelpulse import registry
 from reelpulse.contract import Contract
-from reelpulse.settings import Settings
+from reelpulse.settings import Settings, secret_value
 
 log = logging.getLogger("collector")
 
@@ -301,8 +301,8 @@ class Collector:
 
     async def _registry_problem(self) -> str | None:
         url = f"{self.settings.schema_registry_url}/subjects"
-        user, secret = self.settings.schema_registry_username, self.settings.schema_registry_password
-        auth = (user, secret.get_secret_value() if secret else "") if user else None
+        user = self.settings.schema_registry_username
+        auth = (user, secret_value(self.settings.schema_registry_password)) if user else None
         try:
             async with httpx.AsyncClient(timeout=2.0, auth=auth) as client:
                 response = await client.get(url)

@@ -175,7 +175,7 @@ class Settings(BaseSettings):
         if self.kafka_sasl_mechanism:
             config["sasl.mechanism"] = self.kafka_sasl_mechanism
             config["sasl.username"] = self.kafka_sasl_username or ""
-            config["sasl.password"] = _secret(self.kafka_sasl_password)
+            config["sasl.password"] = secret_value(self.kafka_sasl_password)
         if self.kafka_ssl_ca_location:
             config["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
         return config
@@ -185,7 +185,7 @@ class Settings(BaseSettings):
         config = {"url": self.schema_registry_url}
         if self.schema_registry_username:
             config["basic.auth.user.info"] = (
-                f"{self.schema_registry_username}:{_secret(self.schema_registry_password)}"
+                f"{self.schema_registry_username}:{secret_value(self.schema_registry_password)}"
             )
         return config
 
@@ -198,7 +198,8 @@ class Settings(BaseSettings):
         return _loopback_port(urlparse(self.schema_registry_url).netloc, "SCHEMA_REGISTRY_URL")
 
 
-def _secret(value: SecretStr | None) -> str:
+def secret_value(value: SecretStr | None) -> str:
+    """A secret setting's text, or "" when it is unset."""
     return value.get_secret_value() if value else ""
 
 

@@ -29,7 +29,7 @@ from reelpulse import registry
 from reelpulse.contract import Contract
 from reelpulse.errors import RegistryError
 from reelpulse.producer import EventProducer
-from reelpulse.settings import Settings
+from reelpulse.settings import Settings, secret_value
 from streams import fastpath, sinks, web
 from streams.alerts import Fence
 from streams.codec import WireDecoder, registry_fetcher
@@ -134,10 +134,9 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         cafile = str(settings.kafka_ssl_ca_location) if settings.kafka_ssl_ca_location else None
         context = ssl.create_default_context(cafile=cafile)
     if protocol.startswith("SASL"):
-        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else ""
         options["broker_credentials"] = faust.SASLCredentials(
             username=settings.kafka_sasl_username or "",
-            password=password,
+            password=secret_value(settings.kafka_sasl_password),
             mechanism=settings.kafka_sasl_mechanism or "PLAIN",
             ssl_context=context,
         )
