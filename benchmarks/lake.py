@@ -141,6 +141,11 @@ def bronze_rows(spark: Any, lake: Lake) -> int:
     return sum(spark.read.format("delta").load(str(p.parent)).count() for p in root.glob("*/_delta_log"))
 
 
+def compiled_classes(spark: Any) -> int:
+    """Classes of generated code this JVM has compiled so far (a cached one is not counted)."""
+    return int(spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount())
+
+
 def scale_heartbeats(spark: Any, lake: Lake, target: Lake, rows: int) -> int:
     """Silver heartbeats repeated, with fresh event ids, into ``target`` (at least ``rows``)."""
     from pyspark.sql import functions as F
@@ -206,6 +211,10 @@ def report(result: dict[str, Any]) -> None:
         f"({bronze_rate / baseline_rate:.0%}); into an empty lake "
         f"{result['bronze_first']['rows'] / result['bronze_first']['seconds']:,.0f}/s"
     )
+    console.print(
+        f"generated classes compiled: {result['head_compiled']:,} by the session up to the lake "
+        f"before the backlog, {result['bronze']['compiled']:,} by the catch-up"
+    )
     for name, engines in result["queries"].items():
         duck, spark = engines["duckdb"], engines["spark"]
         console.print(
@@ -246,6 +255,7 @@ def run(settings: Settings, events: int, query_rows: int, seed: int) -> dict[str
     try:
         with console.status(f"the lake before the backlog: bronze over the first {HEAD_EVENTS:,} events"):
             bronze.run(settings, spark)
+        result["head_compiled"] = compiled_classes(spark)
         head_rows = bronze_rows(spark, lake)
         seconds, produced = timed(lambda: produce(settings, contract, stream, events, []))
         console.print(f"produced {produced:,} events in {seconds:.1f}s ({produced / seconds:,.0f}/s)")
@@ -253,9 +263,14 @@ def run(settings: Settings, events: int, query_rows: int, seed: int) -> dict[str
         with console.status("baseline: raw Kafka -> Delta copy"):
             seconds, rows = timed(lambda: baseline_copy(spark, settings, contract, str(work / "raw")))
         result["baseline"] = {"rows": rows, "seconds": seconds}
+        compiled = compiled_classes(spark)
         with console.status("bronze: catch-up of the backlog"):
             seconds, _ = timed(lambda: bronze.run(settings, spark))
-        result["bronze"] = {"rows": bronze_rows(spark, lake) - head_rows, "seconds": seconds}
+        result["bronze"] = {
+            "rows": bronze_rows(spark, lake) - head_rows,
+            "seconds": seconds,
+            "compiled": compiled_classes(spark) - compiled,
+        }
         empty = settings.model_copy(update={"lake_dir": first.root})
         with console.status("bronze: first ingest into an empty lake"):
             seconds, _ = timed(lambda: bronze.run(empty, spark))
