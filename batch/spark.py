@@ -87,6 +87,8 @@ def session_config(settings: Settings, jars: list[Path]) -> dict[str, str]:
         # so a session that ingests again reuses it instead of compiling it anew.
         "spark.sql.codegen.cache.maxEntries": "1000",
     }
+    if settings.spark_driver_java_options:
+        config["spark.driver.extraJavaOptions"] = settings.spark_driver_java_options
     if settings.spark_master.startswith("local"):
         # Nothing outside this machine talks to a local driver. A cluster's executors
         # connect back to the driver, so there Spark picks a reachable address itself.

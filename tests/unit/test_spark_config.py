@@ -1,11 +1,13 @@
 """The lake jobs' Spark options, built as a plain dict (no Spark started): loopback for a
 local master, a reachable driver for a cluster, S3A for a lake on MinIO or S3, and the S3A
-jars only for such a lake, at the Hadoop version the pyspark wheel ships."""
+jars only for such a lake, at the Hadoop version the pyspark wheel ships; and the driver's
+JVM options, checked in the JVM of the tests' session."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pyspark
@@ -71,6 +73,17 @@ def test_a_local_lake_gets_no_s3a_and_a_loopback_driver(plain: Settings) -> None
     assert not [key for key in config if key.startswith(S3A)]
     assert config["spark.driver.host"] == config["spark.driver.bindAddress"] == "127.0.0.1"
     assert config["spark.sql.shuffle.partitions"] == str(plain.spark_shuffle_partitions)
+
+
+def test_the_driver_jvm_runs_the_throughput_collector(plain: Settings, spark: Any) -> None:
+    assert "-XX:+UseParallelGC" in session_config(plain, [])["spark.driver.extraJavaOptions"]
+    beans = spark._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert {bean.getName() for bean in beans} == {"PS Scavenge", "PS MarkSweep"}
+
+
+def test_no_driver_java_options_leaves_the_jvm_its_defaults(plain: Settings) -> None:
+    settings = plain.model_copy(update={"spark_driver_java_options": ""})
+    assert "spark.driver.extraJavaOptions" not in session_config(settings, [])
 
 
 def test_the_kafka_source_gets_the_clients_settings_and_a_short_fetch_wait(plain: Settings) -> None:
