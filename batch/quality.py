@@ -505,6 +505,8 @@ class Gate:
         if not result.success:  # observed values and samples, for the message and Data Docs;
             # the same run id stores it under the same key, replacing the first result
             result = definition.run(batch_parameters=batch, result_format="SUMMARY", run_id=run_id)
+        elif _observed_columns(result):  # stored again, under the same key
+            context.validation_results_store.set(_docs_keys(name, run_id, result)[1], result)
         if context is self._context:
             self._new_docs += _docs_keys(name, run_id, result)
         return result
@@ -535,6 +537,22 @@ class Gate:
             "validated_at": outcome.validated_at,
         }  # fmt: skip
         write_deltalake(_delta_rs_uri(self.runs_path), _runs_rows([row]), mode="append")
+
+
+def _observed_columns(result: ExpectationSuiteValidationResult) -> bool:
+    """Give a passing schema check (``expect_table_columns_to_match_ordered_list``) the
+    columns it observed, which a BOOLEAN_ONLY result leaves out: Data Docs lay a validation
+    page out by them and fail to render the page without. Having passed, it observed
+    exactly the listed columns. True when a result was filled in."""
+    filled = False
+    for each in result.results:
+        config = each.expectation_config
+        if config is None or config.type != "expect_table_columns_to_match_ordered_list" or not each.success:
+            continue
+        if "observed_value" not in each.result:
+            each.result["observed_value"] = list(config.kwargs["column_list"])
+            filled = True
+    return filled
 
 
 def _docs_keys(suite: str, run_id: Any, result: ExpectationSuiteValidationResult) -> list[Any]:

@@ -226,6 +226,22 @@ def test_data_docs_show_the_suites_and_each_validation_once(
     assert len(list(pages.rglob("*.html"))) == 2
 
 
+def test_a_passing_schema_check_gets_its_validation_page(
+    spark: Any, gate: Gate, lake_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GX lays a validation page out by the columns the schema check observed, which a
+    # passing run's BOOLEAN_ONLY result does not keep: the page failed to render.
+    ordered = {"expect_table_columns_to_match_ordered_list": {"column_list": ["session_id", "state"]}}
+    frame = spark.createDataFrame([("s1", "OPEN")], "session_id string, state string")
+    gate.audit("silver", "q_columns", frame, [ordered])
+    with caplog.at_level("ERROR", logger="great_expectations"):
+        gate.build_docs()
+    assert not [r for r in caplog.records if r.name.startswith("great_expectations")]
+    pages = Path(Lake(lake_settings.lake_dir).quality, "docs", "validations", "silver", "q_columns")
+    (page,) = pages.rglob("*.html")
+    assert "session_id" in page.read_text()
+
+
 def test_runs_table_records_successes_and_failures(spark: Any, gate: Gate, rejected: Any) -> None:
     recorded = spark.read.format("delta").load(gate.runs_path).where("table = 'q_sessions'").collect()
     assert {r.run_id for r in recorded} == {"unit-run"}
