@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
@@ -248,6 +249,75 @@ class TreeSampler(threading.Thread):
         return self.peak_rss
 
 
+# What the processes of a benchmark's tree are, by the start of a JVM's main class or jar.
+JVM_KINDS = {
+    "org.apache.spark.deploy.SparkSubmit": "Spark JVM",
+    "kafka.Kafka": "Kafka broker",
+    "apicurio-registry": "schema registry",
+}
+JVM_VALUED_OPTIONS = frozenset({"-cp", "-classpath", "--class-path", "-p", "--module-path"})
+
+
+def process_kind(cmdline: list[str]) -> str:
+    """What a process is, for a person: a JVM by its main class or jar (the Spark JVM, the
+    broker, the registry), a PySpark worker, else Python or the program's name."""
+    if not cmdline:
+        return "unknown"
+    if Path(cmdline[0]).name == "java":
+        return _jvm_kind(cmdline[1:])
+    if "pyspark.daemon" in cmdline or "pyspark.worker" in cmdline:
+        return "PySpark workers"
+    return "Python" if Path(cmdline[0]).name.startswith("python") else Path(cmdline[0]).name
+
+
+def _jvm_kind(args: list[str]) -> str:
+    rest = iter(args)
+    for arg in rest:
+        if arg in JVM_VALUED_OPTIONS:
+            next(rest, None)
+        elif arg == "-jar" or not arg.startswith("-"):
+            main = Path(next(rest, "")).name if arg == "-jar" else arg
+            return next((kind for start, kind in JVM_KINDS.items() if main.startswith(start)), main)
+    return "java"
+
+
+class MemorySampler(TreeSampler):
+    """``TreeSampler`` (peak RSS of the process tree) that also keeps the peak of its
+    anonymous memory (Linux ``RssAnon``: heaps, stacks, off-heap buffers; not the file pages
+    a process maps) and, at the RSS peak, each process's kind, RSS and anonymous memory."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.peak_anon = 0
+        self.at_peak: list[dict[str, Any]] = []
+
+    def sample(self) -> list[dict[str, Any]]:
+        found = []
+        for process in self.processes():
+            with suppress(psutil.Error, OSError):
+                rss, anon = process.memory_info().rss, 0
+                with open(f"/proc/{process.pid}/status") as status:
+                    anon = next((int(x.split()[1]) * 1024 for x in status if x.startswith("RssAnon:")), 0)
+                kind = process_kind(process.cmdline())
+                found.append({"pid": process.pid, "kind": kind, "rss": rss, "anon": anon})
+        return found
+
+    def run(self) -> None:
+        while not self._stop_event.wait(RSS_SAMPLE_S):
+            found = self.sample()
+            rss = sum(p["rss"] for p in found)
+            if rss > self.peak_rss:
+                self.peak_rss, self.at_peak = rss, found
+            self.peak_anon = max(self.peak_anon, sum(p["anon"] for p in found))
+
+    def by_kind_at_peak(self) -> dict[str, int]:
+        """RSS at the peak summed by kind of process, largest first."""
+        kinds: Counter[str] = Counter()
+        for process in self.at_peak:
+            kinds[process["kind"]] += process["rss"]
+        return dict(kinds.most_common())
+
+
 def collector_env(settings: Settings, keys_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     return {
@@ -394,7 +464,7 @@ def run_load(
 def _next_load(results: Any, child: Any) -> Load:
     while True:
         try:
-            return results.get(timeout=1.0)  # type: ignore[no-any-return]
+            return results.get(timeout=1.0)
         except Exception as error:  # queue.Empty
             if not child.is_alive():
                 raise BenchmarkError(f"load generator exited with {child.exitcode}") from error

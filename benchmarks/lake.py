@@ -18,7 +18,9 @@ Spark session (the settings' master, ``local[*]`` by default), it measures:
    ``batch.sql`` (DuckDB over the Delta tables) and Spark SQL on the same paths, each
    cold (first run, views created) and warm (best of three).
 
-The Python process tree's peak RSS (Spark's JVM included) is sampled throughout.
+The peak RSS of the benchmark's process tree is sampled throughout (Spark's JVM, and the
+broker and registry when the benchmark started them), with each kind of process's share
+at the peak.
 Results go to ``artifacts/bench/lake.json``.
 """
 
@@ -41,7 +43,7 @@ from batch import bronze, gold, silver
 from batch import spark as spark_support
 from batch import sql as lake_sql
 from batch.lake import Lake
-from benchmarks.collector import TreeSampler
+from benchmarks.collector import MemorySampler
 from benchmarks.producer import bench_stack, console, make_progress, verdict, write_results
 from reelpulse import registry, topics
 from reelpulse.contract import Contract
@@ -222,7 +224,8 @@ def report(result: dict[str, Any]) -> None:
             f"{QUERY_TARGET_S:.0f}s) {verdict(duck['warm_s'] <= QUERY_TARGET_S)}; "
             f"Spark SQL {spark['warm_s']:.3f}s warm, {spark['cold_s']:.3f}s cold"
         )
-    console.print(f"peak RSS (Python + Spark JVM): {result['peak_rss_mib']:,.0f} MiB")
+    parts = ", ".join(f"{kind} {mib:,.0f}" for kind, mib in result["rss_at_peak_mib"].items())
+    console.print(f"peak RSS of the process tree: {result['peak_rss_mib']:,.0f} MiB ({parts})")
 
 
 # --------------------------------------------------------------------------- the run
@@ -248,7 +251,7 @@ def run(settings: Settings, events: int, query_rows: int, seed: int) -> dict[str
     )
     stream = simulator.events()
     produce(settings, contract, stream, HEAD_EVENTS, simulator.catalog())
-    sampler = TreeSampler(os.getpid())
+    sampler = MemorySampler(os.getpid())
     sampler.start()
     spark = spark_support.session(settings, "reelpulse-bench-lake")
     result: dict[str, Any] = {"events": events, "spark_master": settings.spark_master}
@@ -298,6 +301,7 @@ def run(settings: Settings, events: int, query_rows: int, seed: int) -> dict[str
     finally:
         spark.stop()
         result["peak_rss_mib"] = sampler.finish() / MIB
+        result["rss_at_peak_mib"] = {kind: rss / MIB for kind, rss in sampler.by_kind_at_peak().items()}
     for phase, expected in (("bronze", records - head_rows), ("bronze_first", records)):
         if result[phase]["rows"] < expected:
             raise RuntimeError(f"{phase} landed {result[phase]['rows']:,} of {expected:,} Kafka records")

@@ -33,7 +33,6 @@ import platform
 import re
 import shutil
 import time
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -47,7 +46,7 @@ from rich.table import Table
 from batch import ranking, recommendations
 from batch import spark as spark_support
 from batch.lake import Lake
-from benchmarks.collector import RSS_SAMPLE_S, TreeSampler
+from benchmarks.collector import MemorySampler, TreeSampler
 from benchmarks.producer import BENCH_ROOT, console, make_progress, write_results
 from reelpulse.settings import PROJECT_ROOT, Settings
 
@@ -308,36 +307,6 @@ def synthesize(
 # --------------------------------------------------------------------------- the job's steps
 
 
-class MemorySampler(TreeSampler):
-    """``TreeSampler`` (peak RSS of the process tree) that also keeps the peak of its
-    anonymous memory (Linux ``RssAnon``: heaps, stacks, off-heap buffers; not the file pages
-    a process maps) and, at the RSS peak, each process's RSS and anonymous memory."""
-
-    def __init__(self, pid: int) -> None:
-        super().__init__(pid)
-        self.peak_anon = 0
-        self.at_peak: list[dict[str, Any]] = []
-
-    def sample(self) -> list[dict[str, Any]]:
-        found = []
-        for process in self.processes():
-            with suppress(psutil.Error, OSError):
-                rss, anon = process.memory_info().rss, 0
-                with open(f"/proc/{process.pid}/status") as status:
-                    anon = next((int(x.split()[1]) * 1024 for x in status if x.startswith("RssAnon:")), 0)
-                command = " ".join(process.cmdline()[:3])[:80]
-                found.append({"pid": process.pid, "command": command, "rss": rss, "anon": anon})
-        return found
-
-    def run(self) -> None:
-        while not self._stop_event.wait(RSS_SAMPLE_S):
-            found = self.sample()
-            rss = sum(p["rss"] for p in found)
-            if rss > self.peak_rss:
-                self.peak_rss, self.at_peak = rss, found
-            self.peak_anon = max(self.peak_anon, sum(p["anon"] for p in found))
-
-
 class Timeline(logging.Handler):
     """The job's log lines (``reelpulse.batch.*``) with the seconds since the run started
     and the CPU seconds the process tree had used by then: the time between two lines is
@@ -423,7 +392,7 @@ def run_job(settings: Settings, spark: SparkSession, grid: dict[str, Any]) -> Jo
             job_log.propagate = propagate
             peak = sampler.finish()
     at_peak = [
-        {"pid": p["pid"], "command": p["command"], "rss_mib": p["rss"] / MIB, "anon_mib": p["anon"] / MIB}
+        {"pid": p["pid"], "kind": p["kind"], "rss_mib": p["rss"] / MIB, "anon_mib": p["anon"] / MIB}
         for p in sampler.at_peak
     ]
     return Job(result, end[0], end[1], peak, sampler.peak_anon, steps(timeline.lines, end), at_peak)
@@ -579,9 +548,7 @@ def report(out: dict[str, Any]) -> None:
     )
     parts: dict[str, float] = {}
     for process in out.get("processes_at_peak_rss", []):
-        command = process["command"]
-        kind = "Spark JVM" if "java" in command else "PySpark workers" if "pyspark" in command else "Python"
-        parts[kind] = parts.get(kind, 0.0) + process["rss_mib"]
+        parts[process["kind"]] = parts.get(process["kind"], 0.0) + process["rss_mib"]
     if parts:
         console.print("at the RSS peak: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in parts.items()))
     if out["code_changed_during_run"]:
