@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "-XX:+UseParallelGC",
         description="JVM options of the Spark driver (with a local master, the JVM that runs the tasks "
         "too). The lake jobs are batch work on few cores: with the throughput collector bronze's "
-        "catch-up runs about 15% faster than with G1, silver about 20%.",
+        "catch-up ran 8-16% faster than with G1 in the lake benchmark, silver 15-25%.",
     )
     spark_shuffle_partitions: int = Field(4, ge=1, description="Few cores, small batches: few partitions.")
     bronze_max_offsets_per_batch: int = Field(
