@@ -505,10 +505,11 @@ class Gate:
         if not result.success:  # observed values and samples, for the message and Data Docs;
             # the same run id stores it under the same key, replacing the first result
             result = definition.run(batch_parameters=batch, result_format="SUMMARY", run_id=run_id)
-        elif _observed_columns(result):  # stored again, under the same key
-            context.validation_results_store.set(_docs_keys(name, run_id, result)[1], result)
+        suite_key, result_key = _docs_keys(name, run_id, result)
+        if result.success and _observed_columns(result):  # stored again, under the same key
+            context.validation_results_store.set(result_key, result)
         if context is self._context:
-            self._new_docs += _docs_keys(name, run_id, result)
+            self._new_docs += [suite_key, result_key]
         return result
 
     def _batch_definition(self, context: Context, name: str) -> BatchDefinition:

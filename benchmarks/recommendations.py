@@ -369,6 +369,7 @@ class Job:
     peak_anon: int
     steps: list[dict[str, Any]]
     at_peak: list[dict[str, Any]]  # the processes at the RSS peak
+    rss_by_kind: dict[str, int]  # their RSS summed by kind of process
 
 
 def run_job(settings: Settings, spark: SparkSession, grid: dict[str, Any]) -> Job:
@@ -395,7 +396,8 @@ def run_job(settings: Settings, spark: SparkSession, grid: dict[str, Any]) -> Jo
         {"pid": p["pid"], "kind": p["kind"], "rss_mib": p["rss"] / MIB, "anon_mib": p["anon"] / MIB}
         for p in sampler.at_peak
     ]
-    return Job(result, end[0], end[1], peak, sampler.peak_anon, steps(timeline.lines, end), at_peak)
+    by_kind = sampler.by_kind_at_peak()
+    return Job(result, end[0], end[1], peak, sampler.peak_anon, steps(timeline.lines, end), at_peak, by_kind)
 
 
 # --------------------------------------------------------------------------- taste recovery
@@ -546,10 +548,7 @@ def report(out: dict[str, Any]) -> None:
         f"{out['driver_memory']}; load average {out['load_before'][0]:.1f} before, "
         f"{out['load_after'][0]:.1f} after, on {out['cpus']} CPUs"
     )
-    parts: dict[str, float] = {}
-    for process in out.get("processes_at_peak_rss", []):
-        parts[process["kind"]] = parts.get(process["kind"], 0.0) + process["rss_mib"]
-    if parts:
+    if parts := out.get("rss_at_peak_mib"):
         console.print("at the RSS peak: " + ", ".join(f"{k} {v:,.0f} MiB" for k, v in parts.items()))
     if out["code_changed_during_run"]:
         console.print(
@@ -619,6 +618,7 @@ def run(
         "peak_rss_mib": job.peak_rss / MIB,
         "peak_anon_rss_mib": job.peak_anon / MIB,
         "processes_at_peak_rss": job.at_peak,
+        "rss_at_peak_mib": {kind: rss / MIB for kind, rss in job.rss_by_kind.items()},
         "recovery": taste,
         "driver_memory": settings.spark_driver_memory,
         "spark_master": settings.spark_master,
